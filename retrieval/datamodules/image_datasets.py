@@ -1,0 +1,60 @@
+"""Torch datasets over image files: plain image lists (evaluation) and triplets (training)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from retrieval.datamodules.ground_truth import BBox
+from retrieval.datamodules.image_io import load_rgb
+
+Transform = Callable[[object], torch.Tensor]
+
+
+class ImageListDataset(Dataset):
+    """Images in a fixed order; yields ``(tensor, index)`` so results can be re-ordered
+    after a distributed sampler shuffled or padded them."""
+
+    def __init__(self, paths: Sequence[Path], transform: Transform,
+                 bboxes: Sequence[BBox | None] | None = None) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+        self.bboxes = list(bboxes) if bboxes is not None else [None] * len(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(load_rgb(self.paths[index], self.bboxes[index])), index
+
+
+class TripletDataset(Dataset):
+    """(anchor, positive, negative) image triplets given as rows of database indices.
+
+    The triplets themselves are drawn outside (see :mod:`retrieval.datamodules.triplets`),
+    once per epoch in the main process, so that every worker sees the same, seeded draw
+    and a resumed run redraws exactly what the interrupted one would have.
+    """
+
+    def __init__(self, anchor_paths: Sequence[Path], anchor_bboxes: Sequence[BBox | None],
+                 image_paths: Sequence[Path], triplets: np.ndarray, transform: Transform) -> None:
+        if triplets.ndim != 2 or triplets.shape[1] != 3:
+            raise ValueError(f"triplets must be an (n, 3) array, got shape {triplets.shape}")
+        self.anchor_paths = list(anchor_paths)
+        self.anchor_bboxes = list(anchor_bboxes)
+        self.image_paths = list(image_paths)
+        self.triplets = triplets
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.triplets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        query, positive, negative = (int(v) for v in self.triplets[index])
+        anchor = load_rgb(self.anchor_paths[query], self.anchor_bboxes[query])
+        return (self.transform(anchor),
+                self.transform(load_rgb(self.image_paths[positive])),
+                self.transform(load_rgb(self.image_paths[negative])))

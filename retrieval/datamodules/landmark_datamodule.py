@@ -1,0 +1,138 @@
+"""LightningDataModule for landmark retrieval datasets (toy, Oxford5k, Paris6k, revisited).
+
+Training yields triplets; validation yields three loaders: validation triplets (loss),
+query images (cropped to their box) and database images. The evaluation callback turns
+the embeddings of the last two into retrieval metrics.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from retrieval.datamodules.ground_truth import RetrievalGroundTruth
+from retrieval.datamodules.image_datasets import ImageListDataset, TripletDataset
+from retrieval.datamodules.transforms import eval_transform, train_transform
+from retrieval.datamodules.triplets import (draw_triplets, evaluates_on_training_anchors,
+                                            split_positives_per_query)
+from retrieval.utils.errors import DatasetError, dataset_missing_message
+
+log = logging.getLogger(__name__)
+
+VAL_QUERIES, VAL_DATABASE, VAL_TRIPLETS = 0, 1, 2  # validation dataloader indices (triplets optional)
+
+
+class LandmarkDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        ground_truth: Callable[[], RetrievalGroundTruth],
+        name: str,
+        root: str | Path | None = None,
+        how_to_get: str = "",
+        image_size: int = 224,
+        batch_size: int = 16,
+        eval_batch_size: int = 32,
+        num_workers: int = 2,
+        augmentations: Mapping | Sequence = (),
+        negative_pools: Callable[..., list[np.ndarray]] | None = None,
+        split: Callable[[RetrievalGroundTruth], tuple[np.ndarray, np.ndarray]] = split_positives_per_query,
+        query_crop: bool = True,
+        train_anchor_crop: bool = False,
+        cache_dir: str | Path = "data/cache",
+        val_triplets: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.load_ground_truth = ground_truth
+        self.name, self.root, self.how_to_get = name, root, how_to_get
+        self.image_size, self.batch_size, self.eval_batch_size = image_size, batch_size, eval_batch_size
+        self.num_workers = num_workers
+        # the augmentation config is a mapping name -> transform (so each can be overridden
+        # or removed by name); its order is the order of application
+        self.augmentations = list(augmentations.values() if isinstance(augmentations, Mapping)
+                                  else augmentations)
+        self.negative_pools_fn = negative_pools
+        self.split = split
+        self.query_crop, self.train_anchor_crop = query_crop, train_anchor_crop
+        self.cache_dir = Path(cache_dir)
+        self.val_triplets = val_triplets  # evaluation-only runs switch the triplet loss off
+        self.seed = seed
+        self.gt: RetrievalGroundTruth | None = None
+
+    # ----------------------------------------------------------------- set-up
+    def prepare_data(self) -> None:
+        self._load()  # generates the toy set on first use; real sets fail early and clearly
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.gt is not None:
+            return
+        self.gt = self._load()
+        self.train_pairs, self.val_pairs = self.split(self.gt)
+        log.info("%s: %d database images, %d queries, %d train / %d val (query, positive) pairs",
+                 self.gt.name, len(self.gt.image_names), len(self.gt.queries),
+                 len(self.train_pairs), len(self.val_pairs))
+        self.negative_pools: list[np.ndarray] | None = None
+
+    @property
+    def evaluates_on_training_anchors(self) -> bool:
+        return evaluates_on_training_anchors(self.split)
+
+    def _load(self) -> RetrievalGroundTruth:
+        try:
+            return self.load_ground_truth()
+        except DatasetError as error:
+            raise DatasetError(dataset_missing_message(self.name, str(self.root),
+                                                       str(error), self.how_to_get)) from None
+
+    def _pools(self) -> list[np.ndarray]:
+        if self.negative_pools is None:
+            if self.negative_pools_fn is None:
+                raise ValueError("this datamodule was built without a negative miner (mining=...)")
+            self.negative_pools = self.negative_pools_fn(self.gt, cache_dir=self.cache_dir / self.gt.name)
+        return self.negative_pools
+
+    # ------------------------------------------------------------ dataloaders
+    def _triplets(self, pairs: np.ndarray, epoch: int, augment: bool) -> TripletDataset:
+        queries = self.gt.queries
+        bboxes = [q.bbox if self.train_anchor_crop else None for q in queries]
+        transform = (train_transform(self.image_size, self.augmentations) if augment
+                     else eval_transform(self.image_size))
+        return TripletDataset([q.path for q in queries], bboxes, self.gt.image_paths,
+                              draw_triplets(pairs, self._pools(), self.seed, epoch), transform)
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, pin_memory=True,
+                          persistent_workers=False, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        # Called again every epoch (trainer.reload_dataloaders_every_n_epochs=1) so that
+        # negatives are re-drawn per epoch, seeded by the epoch number.
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return self._loader(self._triplets(self.train_pairs, epoch, augment=True),
+                            self.batch_size, shuffle=True)
+
+    def query_dataset(self) -> ImageListDataset:
+        queries = self.gt.queries
+        bboxes = [q.bbox if self.query_crop else None for q in queries]
+        return ImageListDataset([q.path for q in queries], eval_transform(self.image_size), bboxes)
+
+    def database_dataset(self) -> ImageListDataset:
+        return ImageListDataset(self.gt.image_paths, eval_transform(self.image_size))
+
+    def val_dataloader(self) -> list[DataLoader]:
+        loaders = [self._loader(self.query_dataset(), self.eval_batch_size, False),
+                   self._loader(self.database_dataset(), self.eval_batch_size, False)]
+        if self.val_triplets and len(self.val_pairs):
+            # a fixed draw (epoch 0), so that the validation loss is comparable across epochs
+            loaders.append(self._loader(self._triplets(self.val_pairs, 0, augment=False),
+                                        self.batch_size, False))
+        return loaders
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.val_dataloader()
+

@@ -1,0 +1,68 @@
+"""The training run: baseline evaluation, fit, evaluation of the best checkpoint."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from retrieval.evaluation.callback import RetrievalEvaluation
+from retrieval.runs.build import build_datamodule, build_model, build_trainer, instantiate_group
+from retrieval.runs.report import print_metrics
+
+log = logging.getLogger(__name__)
+
+LEAK_WARNING = ("note: under this protocol the evaluation queries are also the training anchors, "
+                "so these numbers are optimistic; use a cross-dataset protocol for leak-free numbers.")
+
+
+def _find(callbacks: list, kind: type):
+    return next((c for c in callbacks if isinstance(c, kind)), None)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Run one training job; returns ``cfg.optimized_metric`` of the final evaluation."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = build_trainer(cfg, callbacks, loggers)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    evaluator: RetrievalEvaluation | None = _find(callbacks, RetrievalEvaluation)
+    results: dict[str, dict[str, float]] = {}
+
+    def evaluate(label: str, ckpt_path: str | None = None) -> None:
+        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        if evaluator is not None and evaluator.last_result is not None:
+            results[label] = evaluator.last_result.metrics
+
+    if cfg.evaluate_before and evaluator is not None and not cfg.ckpt_path:
+        evaluate("untrained")
+    if cfg.train:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    checkpoint: ModelCheckpoint | None = _find(callbacks, ModelCheckpoint)
+    if cfg.evaluate_after and evaluator is not None and not trainer.state.stopped_by_exception():
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        evaluate("trained" if cfg.train else "checkpoint", best or (None if cfg.train else cfg.ckpt_path))
+
+    if results:
+        print_metrics(results, f"{datamodule.name}: retrieval metrics (%)")
+        if datamodule.evaluates_on_training_anchors:
+            print(LEAK_WARNING)
+        if {"untrained", "trained"} <= results.keys() and "mAP" in results["trained"]:
+            gain = results["trained"]["mAP"] - results["untrained"]["mAP"]
+            print(f"mAP untrained {results['untrained']['mAP']:.4f} -> trained "
+                  f"{results['trained']['mAP']:.4f} ({gain:+.4f})")
+        out = Path(cfg.paths.output_dir) / "metrics.json"
+        out.write_text(json.dumps({"results": results, "best_checkpoint":
+                                   checkpoint.best_model_path if checkpoint else None}, indent=2))
+        log.info("metrics written to %s", out)
+    final = results.get("trained") or results.get("checkpoint") or {}
+    key = cfg.optimized_metric.split("/", 1)[-1]
+    return final.get(key)

@@ -1,0 +1,45 @@
+"""Protocol splits and per-epoch triplet draws."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from retrieval.datamodules.formats import load_classic_ground_truth
+from retrieval.datamodules.triplets import draw_triplets, split_by_query, split_positives_per_query
+from retrieval.mining.pools import random_negative_pools
+from tests.test_formats import write_vgg
+
+
+def test_seed_split_partitions_each_query_80_20(tmp_path):
+    gt = load_classic_ground_truth(write_vgg(tmp_path), "tiny")
+    train, val = split_positives_per_query(gt, 0.2, seed=3)
+    for q, query in enumerate(gt.queries):
+        t, v = train[train[:, 0] == q, 1], val[val[:, 0] == q, 1]
+        assert sorted(np.concatenate([t, v]).tolist()) == query.labelled.tolist()
+        assert len(v) == math.ceil(0.2 * len(query.labelled))
+    again = split_positives_per_query(gt, 0.2, seed=3)
+    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
+
+
+def test_split_by_query_holds_out_last_queries(tmp_path):
+    gt = load_classic_ground_truth(write_vgg(tmp_path), "tiny")
+    train, val = split_by_query(gt, num_val_queries=2)
+    names = sorted(q.name for q in gt.queries)
+    assert {gt.queries[q].name for q in val[:, 0]} == set(names[-2:])
+    assert not set(train[:, 0]) & set(val[:, 0])
+
+
+def test_negatives_come_from_the_pool_and_change_per_epoch(tmp_path):
+    gt = load_classic_ground_truth(write_vgg(tmp_path), "tiny")
+    pools = random_negative_pools(gt)
+    for q, pool in enumerate(pools):
+        assert not set(pool) & set(gt.queries[q].labelled)
+        assert gt.index_of(gt.queries[q].name) not in pool
+    train, _ = split_positives_per_query(gt, 0.2, seed=0)
+    draws = [draw_triplets(train, pools, seed=1, epoch=e) for e in range(4)]
+    assert np.array_equal(draws[0], draw_triplets(train, pools, seed=1, epoch=0))  # resumable
+    assert any(not np.array_equal(draws[0][:, 2], d[:, 2]) for d in draws[1:])
+    for triplets in draws:
+        assert np.array_equal(triplets[:, :2], train)
+        assert all(t[2] in pools[t[0]] for t in triplets)
