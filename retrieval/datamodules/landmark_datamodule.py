@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from retrieval.datamodules.ground_truth import RetrievalGroundTruth
@@ -106,7 +107,7 @@ class LandmarkDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, pin_memory=True,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=False, drop_last=False)
 
     def train_dataloader(self) -> DataLoader:

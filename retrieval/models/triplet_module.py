@@ -20,8 +20,11 @@ class TripletRetrievalModule(L.LightningModule):
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: OptimizerFactory,
                  scheduler: SchedulerFactory | None = None, channels_last: bool = False) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "loss"])
+        # Only plain values go into the checkpoint: factories (Hydra partials) would make it
+        # unloadable with torch.load(weights_only=True). The run's config holds them anyway.
+        self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
         self.net, self.loss = net, loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -57,8 +60,8 @@ class TripletRetrievalModule(L.LightningModule):
         return self.validation_step(batch, batch_idx, dataloader_idx)
 
     def configure_optimizers(self):
-        optimizer = self.hparams.optimizer(params=self.parameters())
-        if self.hparams.scheduler is None:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        scheduler = self.scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

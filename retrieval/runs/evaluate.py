@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,8 +32,7 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 def load_weights(model: L.LightningModule, ckpt_path: Path) -> None:
     if not ckpt_path.is_file():
         raise UserFacingError(f"checkpoint {ckpt_path} does not exist (ckpt_path=...)")
-    # weights_only=False: Lightning checkpoints hold the hyperparameters (config partials)
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:

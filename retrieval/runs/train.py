@@ -47,7 +47,7 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     checkpoint: ModelCheckpoint | None = _find(callbacks, ModelCheckpoint)
-    if cfg.evaluate_after and evaluator is not None and not trainer.state.stopped_by_exception():
+    if cfg.evaluate_after and evaluator is not None and not trainer.interrupted:
         best = checkpoint.best_model_path if checkpoint is not None else ""
         evaluate("trained" if cfg.train else "checkpoint", best or (None if cfg.train else cfg.ckpt_path))
 

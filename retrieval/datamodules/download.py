@@ -1,0 +1,343 @@
+"""Download, verify and unpack Oxford5k / Paris6k / ROxford5k / RParis6k into the loaders' layout.
+
+    python -m retrieval.datamodules.download oxford5k --root DATA_DIR
+
+Result (what :mod:`retrieval.datamodules.formats` reads): ``<root>/<name>/jpg/`` (images at
+any depth: Paris unpacks as ``paris/<landmark>/*.jpg``), ``<root>/<name>/gt_files/`` (VGG
+ground-truth .txt files) for the classic sets, ``<root>/<name>/gnd_<name>.pkl`` for the
+revisited ones. Archives are fetched into ``<root>/<name>/archives/`` (resumable ``.part``
+files), checked, unpacked through a scratch folder and then deleted (``--keep-archives``
+keeps them). ``<root>/<name>/.download.json`` records the size and sha256 of every file at
+its first download, so a later download or a tampered ground-truth pickle is caught even
+where the publisher gives no checksum; it also makes a re-run with everything in place a
+no-op. The revisited sets reuse an already unpacked classic set's images (``jpg`` becomes a
+symlink) instead of downloading 2-4.5 GB again.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from retrieval.datamodules.archives import (
+    Manifest,
+    flatten_files,
+    move_tree,
+    safe_extract,
+    unreadable_images,
+    verify_file,
+)
+from retrieval.datamodules.fetch import DownloadFailed, FetchOptions, fetch_first
+from retrieval.datamodules.formats import IMAGE_EXTENSIONS
+from retrieval.utils.errors import DatasetError, exit_on_user_error
+
+IMAGES, GROUND_TRUTH, KEEP = "jpg", "gt_files", "."  # where a file's content ends up
+ARCHIVES = "archives"  # where downloads wait (and users may drop files by hand)
+_PINNED_HINT = ("The expected values are pinned in retrieval/datamodules/download.py; if the "
+                "publisher has re-released the file, run again with --ignore-pinned.")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One published file: where to get it, what it must be, where its content goes."""
+
+    name: str
+    urls: tuple[str, ...]  # official locations, tried in order
+    place: str  # IMAGES / GROUND_TRUTH (tar archives unpacked there) or KEEP (kept as is)
+    size: int | None = None  # exact bytes, where known
+    md5: str | None = None
+    sha256: str | None = None
+
+    def pinned_checksums(self) -> dict[str, str]:
+        return {k: v for k, v in (("md5", self.md5), ("sha256", self.sha256)) if v}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    summary: str  # for --help: size and content
+    files: tuple[RemoteFile, ...]
+    shares_images_with: str | None = None  # classic set whose unpacked jpg/ can be reused
+
+
+_VGG = "https://www.robots.ox.ac.uk/~vgg/data"
+_THOR = "https://thor.robots.ox.ac.uk/datasets"  # where the VGG links redirect to today
+_CMP = "https://cmp.felk.cvut.cz"
+
+# Sources: file names and URLs as in filipradenovic/revisitop python/download.py and
+# cnnimageretrieval-pytorch cirtorch/utils/download.py (images, gnd pkl) and the VGG dataset
+# pages (ground-truth archives). VGG publishes no checksums for these files; the two pinned
+# for Oxford (and its size) come from third-party download scripts that verify them. Paris and
+# the pickles are checked by size against Content-Length and then trust-on-first-use (sha256
+# in .download.json). If a publisher re-releases a file, --ignore-pinned skips the pins.
+_OXFORD_IMAGES = RemoteFile(
+    "oxbuild_images-v1.tgz",
+    (f"{_VGG}/oxbuildings/oxbuild_images-v1.tgz", f"{_THOR}/oxford-buildings/oxbuild_images-v1.tgz"),
+    IMAGES, size=1_938_238_004, md5="8f0017cc5d671f35011d6968269fbf47")
+_PARIS_IMAGES = tuple(
+    RemoteFile(f"paris_{k}-v1.tgz",
+               (f"{_VGG}/parisbuildings/paris_{k}-v1.tgz", f"{_THOR}/paris-buildings/paris_{k}-v1.tgz"),
+               IMAGES)
+    for k in (1, 2))
+
+
+def _gnd_pkl(name: str) -> RemoteFile:
+    return RemoteFile(f"gnd_{name}.pkl", (f"{_CMP}/revisitop/data/datasets/{name}/gnd_{name}.pkl",
+                                          f"{_CMP}/cnnimageretrieval/data/test/{name}/gnd_{name}.pkl"),
+                      KEEP)
+
+
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec("oxford5k", "~1.9 GB; 5062 images, 55 queries (VGG Oxford Buildings)", (
+        _OXFORD_IMAGES,
+        RemoteFile("gt_files_170407.tgz", (f"{_VGG}/oxbuildings/gt_files_170407.tgz",
+                                           f"{_THOR}/oxford-buildings/gt_files_170407.tgz"),
+                   GROUND_TRUTH, md5="06c4dee0ad954f6ee122c82390548537"))),
+    DatasetSpec("paris6k", "~2.5 GB; 6412 images (~20 unreadable), 55 queries (VGG Paris)", (
+        *_PARIS_IMAGES,
+        RemoteFile("paris_120310.tgz", (f"{_VGG}/parisbuildings/paris_120310.tgz",
+                                        f"{_THOR}/paris-buildings/paris_120310.tgz"), GROUND_TRUTH))),
+    DatasetSpec("roxford5k", "~1.9 GB; Oxford images + revisited gnd (70 queries, CMP revisitop)",
+                (_OXFORD_IMAGES, _gnd_pkl("roxford5k")), shares_images_with="oxford5k"),
+    DatasetSpec("rparis6k", "~2.5 GB; Paris images + revisited gnd (70 queries, CMP revisitop)",
+                (*_PARIS_IMAGES, _gnd_pkl("rparis6k")), shares_images_with="paris6k"),
+)}
+
+
+@dataclass
+class DownloadReport:
+    """What one run did; ``downloaded`` and ``extracted`` are empty when all was in place."""
+
+    dataset: str
+    folder: Path
+    downloaded: list[str] = field(default_factory=list)
+    extracted: list[str] = field(default_factory=list)
+    in_place: list[str] = field(default_factory=list)
+    image_count: int | None = None  # counted when images were unpacked in this run
+    unreadable: list[Path] = field(default_factory=list)
+
+
+def _manual_help(spec: DatasetSpec, folder: Path) -> str:
+    urls = "\n".join(f"  {f.urls[0]}" for f in spec.files)
+    return (f"To install it by hand, fetch these on a machine with internet access:\n{urls}\n"
+            f"copy them into {folder / ARCHIVES}/ and run this command again: it verifies and "
+            f"unpacks files it finds there without downloading. (Or unpack them yourself: images "
+            f"under {folder / IMAGES}/, ground-truth .txt files directly in {folder / GROUND_TRUTH}/, "
+            f"gnd_*.pkl in {folder}/.)")
+
+
+def _forget_missing(manifest: Manifest, folder: Path) -> None:
+    """Un-mark files whose unpacked folder was deleted since, so they are fetched again."""
+    link = folder / IMAGES
+    if link.is_symlink() and not link.exists():  # shared images whose classic set was removed
+        link.unlink()
+    for record in manifest.files.values():
+        place = record.get("placed")
+        if place in (IMAGES, GROUND_TRUTH) and not (
+                (folder / place).is_dir() and any((folder / place).iterdir())):
+            del record["placed"]
+
+
+def _in_place(remote: RemoteFile, folder: Path, manifest: Manifest) -> bool:
+    record = manifest.files.get(remote.name, {})
+    if not record.get("placed"):
+        return False
+    if remote.place != KEEP:
+        return True  # its folder exists: _forget_missing ran first
+    target = folder / remote.name
+    if not target.is_file():
+        return False
+    # small files kept as they are get re-checked on every run: a changed gnd pkl is caught
+    verify_file(target, size=record["size"], checksums={"sha256": record["sha256"]},
+                hint=f"Its sha256 was recorded in {manifest.path} when it was downloaded; run "
+                     f"the command again to download it afresh.")
+    return True
+
+
+def _share_images(spec: DatasetSpec, folder: Path, manifest: Manifest, table: dict) -> bool:
+    """Point ``jpg`` at the classic set's unpacked images when that set is complete."""
+    if spec.shares_images_with is None:
+        return False
+    source = folder.parent / spec.shares_images_with
+    image_files = [f.name for f in table[spec.shares_images_with].files if f.place == IMAGES]
+    source_records = Manifest(source).files if source.is_dir() else {}
+    link = folder / IMAGES
+    if (link.exists() or link.is_symlink() or not (source / IMAGES).is_dir()
+            or not all(source_records.get(n, {}).get("placed") for n in image_files)):
+        return False
+    try:
+        link.symlink_to(Path("..") / spec.shares_images_with / IMAGES, target_is_directory=True)
+    except OSError:  # e.g. Windows without symlink rights: download a copy instead
+        return False
+    for name in image_files:
+        manifest.files[name] = {"placed": IMAGES, "shared_with": spec.shares_images_with}
+    manifest.save()
+    return True
+
+
+def _obtain(remote: RemoteFile, urls: tuple[str, ...], folder: Path, manifest: Manifest,
+            ignore_pinned: bool, options: FetchOptions, progress: Progress,
+            report: DownloadReport) -> Path:
+    """Download ``remote`` into archives/ (unless already there) and verify it."""
+    path = folder / ARCHIVES / remote.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = None if ignore_pinned else remote.size
+    record = manifest.files.get(remote.name, {})
+    if not path.is_file():
+        url = fetch_first(urls, path, expected_size=size, options=options, progress=progress)
+        record = manifest.files[remote.name] = {**record, "url": url}
+        report.downloaded.append(remote.name)
+    digests = verify_file(path, size=size, checksums={} if ignore_pinned else remote.pinned_checksums(),
+                          hint=_PINNED_HINT)
+    if "sha256" in record:  # trust on first use: it must still be the file first downloaded
+        digests = verify_file(path, size=record["size"], checksums={"sha256": record["sha256"]},
+                              hint=f"The expected sha256 was recorded in {manifest.path} at the "
+                                   f"first download; if the publisher changed the file, delete "
+                                   f"that manifest and run again.")
+    manifest.files[remote.name] = {**record, "size": path.stat().st_size, **digests}
+    manifest.save()
+    return path
+
+
+def _place(remote: RemoteFile, path: Path, folder: Path, manifest: Manifest) -> int:
+    """Move ``path``'s content where the loaders expect it; returns the number of files."""
+    if remote.place == KEEP:
+        os.replace(path, folder / remote.name)
+        return 1
+    scratch = Path(tempfile.mkdtemp(prefix=f".unpack-{remote.name}-", dir=folder))
+    try:
+        count = safe_extract(path, scratch)
+        if remote.place == GROUND_TRUTH:
+            flatten_files(scratch, folder / GROUND_TRUTH)
+        else:
+            move_tree(scratch, folder / remote.place)
+    except DatasetError:
+        path.unlink(missing_ok=True)  # a corrupt or hostile archive is of no further use
+        manifest.files.pop(remote.name, None)
+        manifest.save()
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return count
+
+
+def download_dataset(name: str, root: str | Path = "data", *, mirror: str | None = None,
+                     keep_archives: bool = False, ignore_pinned: bool = False,
+                     options: FetchOptions | None = None, console: Console | None = None,
+                     table: dict[str, DatasetSpec] = DATASETS) -> DownloadReport:
+    """Make ``<root>/<name>`` complete; download only what is missing. See the module doc.
+
+    ``mirror`` replaces every official URL by ``<mirror>/<file name>``.
+    """
+    if name not in table:
+        raise DatasetError(f"unknown dataset '{name}'; choose one of {', '.join(table)}")
+    spec, console = table[name], console or Console(stderr=True)
+    options = dataclasses.replace(options or FetchOptions(), size_hint=_PINNED_HINT)
+    folder = Path(root).expanduser().resolve() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest, report = Manifest(folder), DownloadReport(name, folder)
+    _forget_missing(manifest, folder)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=options.quiet) as progress:
+        for remote in spec.files:
+            if _in_place(remote, folder, manifest) or (
+                    remote.place == IMAGES and _share_images(spec, folder, manifest, table)):
+                report.in_place.append(remote.name)
+                continue
+            urls = (f"{mirror.rstrip('/')}/{remote.name}",) if mirror else remote.urls
+            try:
+                path = _obtain(remote, urls, folder, manifest, ignore_pinned, options, progress, report)
+            except DownloadFailed as error:
+                why = ("no server could be reached, so downloading is impossible from here"
+                       if error.unreachable else "the server did not deliver it")
+                raise DatasetError(f"cannot download {remote.name} for {name}: {why} ({error}).\n"
+                                   f"{_manual_help(spec, folder)}") from None
+            console.print(f"{name}: unpacking {remote.name} ...")
+            manifest.files[remote.name]["files"] = _place(remote, path, folder, manifest)
+            manifest.files[remote.name]["placed"] = remote.place
+            manifest.save()
+            report.extracted.append(remote.name)
+            if keep_archives and remote.place != KEEP:
+                continue
+            path.unlink(missing_ok=True)
+    if any(f.place == IMAGES and f.name in report.extracted for f in spec.files):
+        report.image_count, report.unreadable = unreadable_images(folder / IMAGES, IMAGE_EXTENSIONS)
+    _print_summary(report, console, root)
+    return report
+
+
+def _print_summary(report: DownloadReport, console: Console, root: str | Path) -> None:
+    if not report.downloaded and not report.extracted:
+        console.print(f"{report.dataset}: already complete in {report.folder}; nothing downloaded "
+                      f"or extracted.")
+        return
+    if report.image_count is not None:
+        console.print(f"{report.dataset}: {report.image_count} images, {len(report.unreadable)} "
+                      f"unreadable" + (" (kept: the loader skips them with a warning): "
+                                       + ", ".join(p.name for p in report.unreadable[:5])
+                                       + (" ..." if len(report.unreadable) > 5 else "")
+                                       if report.unreadable else "."))
+    console.print(f"{report.dataset}: ready in {report.folder} (downloaded "
+                  f"{len(report.downloaded)}, unpacked {len(report.extracted)} file(s)). Use it "
+                  f"with dataset={report.dataset} paths.data_dir={root}")
+
+
+def _parser(table: dict[str, DatasetSpec]) -> argparse.ArgumentParser:
+    lines = []
+    for spec in table.values():
+        lines.append(f"  {spec.name:<10} {spec.summary}")
+        lines.extend(f"{'':13}{f.urls[0]}" for f in spec.files)
+    parser = argparse.ArgumentParser(
+        prog="python -m retrieval.datamodules.download",
+        description="Download, verify and unpack landmark retrieval datasets into the layout "
+                    "the loaders read. Interrupted downloads resume; a re-run with everything "
+                    "in place does nothing.",
+        epilog="datasets (approximate download size; official sources):\n" + "\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("datasets", nargs="+", choices=list(table), metavar="DATASET",
+                        help=f"one or more of: {', '.join(table)}")
+    parser.add_argument("--root", default="./data", help="parent folder of the datasets (default: ./data)")
+    parser.add_argument("--mirror", metavar="URL", help="fetch every file from URL/<file name> instead")
+    parser.add_argument("--keep-archives", action="store_true", help="keep the archives after unpacking")
+    parser.add_argument("--ignore-pinned", action="store_true",
+                        help="skip the size/checksum pinned in the code (first-download sha256 still checked)")
+    parser.add_argument("--retries", type=int, default=FetchOptions.retries, help="retries per file")
+    parser.add_argument("--timeout", type=float, default=FetchOptions.timeout_s, help="socket timeout, s")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None, table: dict[str, DatasetSpec] = DATASETS) -> int:
+    args = _parser(table).parse_args(argv)
+    options = dataclasses.replace(FetchOptions(), retries=args.retries, timeout_s=args.timeout,
+                                  quiet=args.quiet)
+    try:
+        for name in args.datasets:
+            download_dataset(name, args.root, mirror=args.mirror, keep_archives=args.keep_archives,
+                             ignore_pinned=args.ignore_pinned, options=options, table=table)
+    except KeyboardInterrupt:
+        print("\ninterrupted: partial downloads are kept; run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""train.py and evaluate.py run as a user runs them: subprocesses with Hydra overrides."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_formats import write_vgg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("data")
+    write_vgg(data / "oxford5k")
+    return data
+
+
+def small_run(data: Path, tmp: Path) -> list[str]:
+    return [f"paths.data_dir={data}", f"paths.log_dir={tmp / 'logs'}", "dataset=oxford5k",
+            "dataset.image_size=64", "dataset.num_workers=0", "model.net.backbone.name=resnet18"]
+
+
+def test_missing_dataset_exits_with_one_paragraph(tmp_path):
+    result = run("train.py", "dataset=paris6k", "paths.data_dir=/nonexistent",
+                 f"paths.log_dir={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "Dataset 'paris6k' was not found" in message and "/nonexistent/paris6k" in message
+    assert "dataset=toy" in message
+
+
+def test_fast_dev_run_trains_one_batch(tiny_data, tmp_path):
+    result = run("train.py", *small_run(tiny_data, tmp_path), "debug=fast", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fast_dev_run" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("train")
+    result = run("train.py", *small_run(tiny_data, tmp), "trainer.max_epochs=1", cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, next((tmp / "logs" / "train" / "runs").iterdir())
+
+
+def test_training_reports_untrained_and_trained_metrics(trained_run):
+    _, run_dir = trained_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"untrained", "trained"} <= metrics["results"].keys()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "csv" / "metrics.csv").read_text().count("val/mAP") == 1  # header
+
+
+def test_evaluate_checkpoint_writes_json(tiny_data, trained_run):
+    tmp, run_dir = trained_run
+    out = tmp / "eval.json"
+    result = run("evaluate.py", *small_run(tiny_data, tmp), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                 f"output_json={out}", cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["protocol"] == "classic" and report["dataset"] == "oxford5k"
+    assert set(report["metrics"]) >= {"mAP", "mP@1", "mP@5", "mP@10", "AP@10"}
+    assert all(0.0 <= v <= 1.0 for v in report["metrics"].values())
+    assert len(report["per_query_ap"]["classic"]) == 4
+    assert len(report["checkpoint_sha256"]) == 64
+    assert report["config"]["dataset"]["name"] == "oxford5k"
+    assert "mAP" in result.stdout
+
+
+def test_evaluate_refuses_a_checkpoint_of_another_model(tiny_data, trained_run):
+    tmp, run_dir = trained_run
+    result = run("evaluate.py", *small_run(tiny_data, tmp), "model.net.backbone.name=resnet34",
+                 f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", cwd=tmp)
+    assert result.returncode == 2
+    assert "does not match the configured model" in result.stderr
