@@ -18,8 +18,7 @@ from torch.utils.data import DataLoader
 from retrieval.datamodules.ground_truth import RetrievalGroundTruth
 from retrieval.datamodules.image_datasets import ImageListDataset, TripletDataset
 from retrieval.datamodules.transforms import eval_transform, train_transform
-from retrieval.datamodules.triplets import (draw_triplets, evaluates_on_training_anchors,
-                                            split_positives_per_query)
+from retrieval.datamodules.triplets import ProtocolSplit, draw_triplets, split_positives_per_query
 from retrieval.utils.errors import DatasetError, dataset_missing_message
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,8 @@ class LandmarkDataModule(L.LightningDataModule):
         num_workers: int = 2,
         augmentations: Mapping | Sequence = (),
         negative_pools: Callable[..., list[np.ndarray]] | None = None,
-        split: Callable[[RetrievalGroundTruth], tuple[np.ndarray, np.ndarray]] = split_positives_per_query,
+        split: Callable[[RetrievalGroundTruth], ProtocolSplit] = split_positives_per_query,
+        eval_ground_truth: Callable[[], RetrievalGroundTruth] | None = None,
         query_crop: bool = True,
         train_anchor_crop: bool = False,
         cache_dir: str | Path = "data/cache",
@@ -58,6 +58,7 @@ class LandmarkDataModule(L.LightningDataModule):
                                   else augmentations)
         self.negative_pools_fn = negative_pools
         self.split = split
+        self.load_eval_ground_truth = eval_ground_truth  # cross-dataset: evaluate elsewhere
         self.query_crop, self.train_anchor_crop = query_crop, train_anchor_crop
         self.cache_dir = Path(cache_dir)
         self.val_triplets = val_triplets  # evaluation-only runs switch the triplet loss off
@@ -72,28 +73,44 @@ class LandmarkDataModule(L.LightningDataModule):
         if self.gt is not None:
             return
         self.gt = self._load()
-        self.train_pairs, self.val_pairs = self.split(self.gt)
+        self.protocol = self.split(self.gt)
+        self.train_pairs, self.val_pairs = self.protocol.train_pairs, self.protocol.val_pairs
         log.info("%s: %d database images, %d queries, %d train / %d val (query, positive) pairs",
                  self.gt.name, len(self.gt.image_names), len(self.gt.queries),
                  len(self.train_pairs), len(self.val_pairs))
+        if self.load_eval_ground_truth is not None:
+            self.eval_gt = self._load(self.load_eval_ground_truth)
+        elif self.protocol.eval_queries is not None:
+            self.eval_gt = self.gt.subset_queries(self.protocol.eval_queries.tolist())
+        else:
+            self.eval_gt = self.gt
         self.negative_pools: list[np.ndarray] | None = None
 
     @property
     def evaluates_on_training_anchors(self) -> bool:
-        return evaluates_on_training_anchors(self.split)
+        return self.load_eval_ground_truth is None and self.protocol.evaluates_on_training_anchors
 
-    def _load(self) -> RetrievalGroundTruth:
+    def _load(self, loader: Callable[[], RetrievalGroundTruth] | None = None) -> RetrievalGroundTruth:
+        """Read a ground truth; a missing or broken dataset becomes one readable paragraph."""
+        loader = loader or self.load_ground_truth
+        if loader is self.load_ground_truth:
+            name, root, how_to_get = self.name, self.root, self.how_to_get
+        else:  # the evaluation set of a cross-dataset protocol: its reader names it
+            keywords = getattr(loader, "keywords", {})
+            name, root = keywords.get("name", "evaluation set"), keywords.get("root", "?")
+            how_to_get = f"Download it with `python -m retrieval.datamodules.download {name} --root DATA_DIR`."
         try:
-            return self.load_ground_truth()
+            return loader()
         except DatasetError as error:
-            raise DatasetError(dataset_missing_message(self.name, str(self.root),
-                                                       str(error), self.how_to_get)) from None
+            raise DatasetError(dataset_missing_message(name, str(root), str(error), how_to_get)) from None
 
     def _pools(self) -> list[np.ndarray]:
         if self.negative_pools is None:
             if self.negative_pools_fn is None:
                 raise ValueError("this datamodule was built without a negative miner (mining=...)")
-            self.negative_pools = self.negative_pools_fn(self.gt, cache_dir=self.cache_dir / self.gt.name)
+            pools = self.negative_pools_fn(self.gt, cache_dir=self.cache_dir / self.gt.name)
+            held_out = self.protocol.held_out_images
+            self.negative_pools = [np.setdiff1d(pool, held_out) for pool in pools] if len(held_out) else pools
         return self.negative_pools
 
     # ------------------------------------------------------------ dataloaders
@@ -118,12 +135,12 @@ class LandmarkDataModule(L.LightningDataModule):
                             self.batch_size, shuffle=True)
 
     def query_dataset(self) -> ImageListDataset:
-        queries = self.gt.queries
+        queries = self.eval_gt.queries
         bboxes = [q.bbox if self.query_crop else None for q in queries]
         return ImageListDataset([q.path for q in queries], eval_transform(self.image_size), bboxes)
 
     def database_dataset(self) -> ImageListDataset:
-        return ImageListDataset(self.gt.image_paths, eval_transform(self.image_size))
+        return ImageListDataset(self.eval_gt.image_paths, eval_transform(self.image_size))
 
     def val_dataloader(self) -> list[DataLoader]:
         loaders = [self._loader(self.query_dataset(), self.eval_batch_size, False),

@@ -1,5 +1,6 @@
 """Training protocols as pure functions: which (query, positive) pairs train and validate,
-and how a negative joins each pair to make a triplet.
+which queries are evaluated, which images training must never see, and how a negative
+joins each pair to make a triplet.
 
 Pairs are ``(n, 2)`` int64 arrays of ``(query index, database index)``.
 """
@@ -7,10 +8,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from retrieval.datamodules.ground_truth import RetrievalGroundTruth
+
+
+@dataclass(frozen=True)
+class ProtocolSplit:
+    train_pairs: np.ndarray
+    val_pairs: np.ndarray
+    # queries the retrieval metrics use (None: all of them)
+    eval_queries: np.ndarray | None = None
+    # database images that training must never see, as positive or as negative
+    held_out_images: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    # True when the evaluated queries are also training anchors (optimistic numbers)
+    evaluates_on_training_anchors: bool = True
 
 
 def _pairs(query: int, positives: np.ndarray) -> np.ndarray:
@@ -22,7 +36,7 @@ def _concat(pairs: list[np.ndarray]) -> np.ndarray:
 
 
 def split_positives_per_query(gt: RetrievalGroundTruth, val_fraction: float = 0.2,
-                              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                              seed: int = 0) -> ProtocolSplit:
     """The seed project's protocol as its README states it: each query's training positives
     (good ∪ ok ∪ junk, as the reference trains on) are shuffled and split, ``ceil(f·n)``
     to validation (scikit-learn's rounding) and the rest to training; a query with a single
@@ -36,12 +50,13 @@ def split_positives_per_query(gt: RetrievalGroundTruth, val_fraction: float = 0.
         n_val = math.ceil(val_fraction * len(positives)) if len(positives) > 1 else 0
         val.append(_pairs(q, positives[:n_val]))
         train.append(_pairs(q, positives[n_val:]))
-    return _concat(train), _concat(val)
+    return ProtocolSplit(_concat(train), _concat(val))
 
 
-def split_by_query(gt: RetrievalGroundTruth, num_val_queries: int = 15) -> tuple[np.ndarray, np.ndarray]:
+def split_by_query(gt: RetrievalGroundTruth, num_val_queries: int = 15) -> ProtocolSplit:
     """The other reading of the reference code: queries sorted by name, the last
-    ``num_val_queries`` (on Oxford/Paris: the last three landmarks) validate."""
+    ``num_val_queries`` (on Oxford/Paris: the last three landmarks) validate. As in the
+    reference, all queries are evaluated, so training anchors are among them."""
     order = sorted(range(len(gt.queries)), key=lambda q: gt.queries[q].name)
     cut = len(order) - num_val_queries
     if cut <= 0:
@@ -49,7 +64,29 @@ def split_by_query(gt: RetrievalGroundTruth, num_val_queries: int = 15) -> tuple
                          f"({len(order)} queries in {gt.name})")
     def pairs(qs: Sequence[int]) -> np.ndarray:
         return _concat([_pairs(q, gt.queries[q].labelled) for q in qs])
-    return pairs(order[:cut]), pairs(order[cut:])
+    return ProtocolSplit(pairs(order[:cut]), pairs(order[cut:]))
+
+
+def split_by_landmark(gt: RetrievalGroundTruth, held_out: Sequence[str] | None = None,
+                      num_held_out: int = 3) -> ProtocolSplit:
+    """Landmark-disjoint protocol: the queries of the held-out landmarks (``held_out``, or the
+    last ``num_held_out`` landmarks by name) are the only evaluated ones, and every image
+    tied to them never enters training, not even as a negative. Leak-free."""
+    landmarks = gt.landmarks
+    held = sorted(held_out) if held_out else landmarks[-num_held_out:]
+    unknown = set(held) - set(landmarks)
+    if unknown or len(held) >= len(landmarks):
+        raise ValueError(f"held-out landmarks {held} must be a proper subset of {landmarks}")
+    eval_queries = np.asarray([q for q, query in enumerate(gt.queries) if query.landmark in held])
+    held_images = [gt.queries[q].labelled for q in eval_queries]
+    held_images += [np.asarray([gt.index_of(gt.queries[q].name)]) for q in eval_queries
+                    if gt.has_image(gt.queries[q].name)]
+    held_out_images = np.unique(np.concatenate(held_images)).astype(np.int64)
+    train = [_pairs(q, np.setdiff1d(query.labelled, held_out_images))
+             for q, query in enumerate(gt.queries) if query.landmark not in held]
+    val = [_pairs(q, gt.queries[q].labelled) for q in eval_queries]
+    return ProtocolSplit(_concat(train), _concat(val), eval_queries, held_out_images,
+                         evaluates_on_training_anchors=False)
 
 
 def draw_triplets(pairs: np.ndarray, negative_pools: Sequence[np.ndarray], seed: int,
@@ -69,7 +106,3 @@ def draw_triplets(pairs: np.ndarray, negative_pools: Sequence[np.ndarray], seed:
         negatives[rows] = pool[rng.integers(0, len(pool), size=len(rows))]
     return np.concatenate([pairs, negatives[:, None]], axis=1)
 
-
-def evaluates_on_training_anchors(split) -> bool:
-    """True for the seed protocols: their evaluation queries are also training anchors."""
-    return getattr(split, "func", split) in (split_positives_per_query, split_by_query)

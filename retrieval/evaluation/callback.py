@@ -71,7 +71,7 @@ class RetrievalEvaluation(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not self._database.embeddings:
             return
-        gt = trainer.datamodule.gt
+        gt = trainer.datamodule.eval_gt
         queries = self._queries.ordered(pl_module, len(gt.queries))
         database = self._database.ordered(pl_module, len(gt.image_names))
         if queries is None or database is None:

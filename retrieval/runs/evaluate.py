@@ -58,7 +58,7 @@ def evaluate(cfg: DictConfig) -> dict:
     if datamodule.evaluates_on_training_anchors and ckpt is not None:
         print(LEAK_WARNING)
 
-    names = [q.name for q in datamodule.gt.queries]
+    names = [q.name for q in datamodule.eval_gt.queries]
     report = {
         "dataset": datamodule.name,
         "protocol": result.protocol,
