@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(script: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    """``script`` is a file in the repo, or ``-m`` followed by a module in ``overrides``."""
+    command = [sys.executable, script] if script == "-m" else [sys.executable, str(ROOT / script)]
+    return subprocess.run([*command, *overrides], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,19 @@ def test_evaluate_refuses_a_checkpoint_of_another_model(tiny_data, trained_run):
                  f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", cwd=tmp)
     assert result.returncode == 2
     assert "does not match the configured model" in result.stderr
+
+
+def test_ssim_mining_feeds_training(tiny_data, tmp_path):
+    """mining=ssim end to end: pools mined and cached, triplets drawn from them."""
+    result = run("train.py", *small_run(tiny_data, tmp_path), "debug=fast", "mining=ssim",
+                 "mining.crop_size=24", "mining.top_k=3", f"paths.cache_dir={tmp_path / 'cache'}",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    query_files = list((tmp_path / "cache").rglob("ssim-*/*.json"))
+    assert sorted(f.stem for f in query_files if f.name != "index.json") == [
+        "arch_000000", "arch_000001", "tower_000000", "tower_000001"]  # one per query
+    result = run("-m", "retrieval.mining", "dataset=oxford5k", f"paths.data_dir={tiny_data}",
+                 f"paths.log_dir={tmp_path / 'logs'}", "mining.crop_size=24", "mining.top_k=3",
+                 f"paths.cache_dir={tmp_path / 'cache'}", cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 queries, pool sizes min 3" in result.stdout

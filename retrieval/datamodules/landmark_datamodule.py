@@ -45,6 +45,8 @@ class LandmarkDataModule(L.LightningDataModule):
         train_anchor_crop: bool = False,
         cache_dir: str | Path = "data/cache",
         val_triplets: bool = True,
+        triplets_per_epoch: int | None = None,
+        max_val_triplets: int | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -62,24 +64,26 @@ class LandmarkDataModule(L.LightningDataModule):
         self.query_crop, self.train_anchor_crop = query_crop, train_anchor_crop
         self.cache_dir = Path(cache_dir)
         self.val_triplets = val_triplets  # evaluation-only runs switch the triplet loss off
+        # caps for quick runs: a seeded random subset of the (query, positive) pairs per epoch
+        self.triplets_per_epoch, self.max_val_triplets = triplets_per_epoch, max_val_triplets
         self.seed = seed
         self.gt: RetrievalGroundTruth | None = None
 
     # ----------------------------------------------------------------- set-up
     def prepare_data(self) -> None:
-        self._load()  # generates the toy set on first use; real sets fail early and clearly
+        self.read_ground_truth()  # generates the toy set on first use; real sets fail early and clearly
 
     def setup(self, stage: str | None = None) -> None:
         if self.gt is not None:
             return
-        self.gt = self._load()
+        self.gt = self.read_ground_truth()
         self.protocol = self.split(self.gt)
         self.train_pairs, self.val_pairs = self.protocol.train_pairs, self.protocol.val_pairs
         log.info("%s: %d database images, %d queries, %d train / %d val (query, positive) pairs",
                  self.gt.name, len(self.gt.image_names), len(self.gt.queries),
                  len(self.train_pairs), len(self.val_pairs))
         if self.load_eval_ground_truth is not None:
-            self.eval_gt = self._load(self.load_eval_ground_truth)
+            self.eval_gt = self.read_ground_truth(self.load_eval_ground_truth)
         elif self.protocol.eval_queries is not None:
             self.eval_gt = self.gt.subset_queries(self.protocol.eval_queries.tolist())
         else:
@@ -90,7 +94,7 @@ class LandmarkDataModule(L.LightningDataModule):
     def evaluates_on_training_anchors(self) -> bool:
         return self.load_eval_ground_truth is None and self.protocol.evaluates_on_training_anchors
 
-    def _load(self, loader: Callable[[], RetrievalGroundTruth] | None = None) -> RetrievalGroundTruth:
+    def read_ground_truth(self, loader: Callable[[], RetrievalGroundTruth] | None = None) -> RetrievalGroundTruth:
         """Read a ground truth; a missing or broken dataset becomes one readable paragraph."""
         loader = loader or self.load_ground_truth
         if loader is self.load_ground_truth:
@@ -114,7 +118,11 @@ class LandmarkDataModule(L.LightningDataModule):
         return self.negative_pools
 
     # ------------------------------------------------------------ dataloaders
-    def _triplets(self, pairs: np.ndarray, epoch: int, augment: bool) -> TripletDataset:
+    def _triplets(self, pairs: np.ndarray, epoch: int, augment: bool,
+                  limit: int | None = None) -> TripletDataset:
+        if limit is not None and len(pairs) > limit:
+            rng = np.random.default_rng([self.seed, epoch, 1])
+            pairs = pairs[np.sort(rng.choice(len(pairs), size=limit, replace=False))]
         queries = self.gt.queries
         bboxes = [q.bbox if self.train_anchor_crop else None for q in queries]
         transform = (train_transform(self.image_size, self.augmentations) if augment
@@ -131,7 +139,8 @@ class LandmarkDataModule(L.LightningDataModule):
         # Called again every epoch (trainer.reload_dataloaders_every_n_epochs=1) so that
         # negatives are re-drawn per epoch, seeded by the epoch number.
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        return self._loader(self._triplets(self.train_pairs, epoch, augment=True),
+        return self._loader(self._triplets(self.train_pairs, epoch, augment=True,
+                                           limit=self.triplets_per_epoch),
                             self.batch_size, shuffle=True)
 
     def query_dataset(self) -> ImageListDataset:
@@ -147,7 +156,8 @@ class LandmarkDataModule(L.LightningDataModule):
                    self._loader(self.database_dataset(), self.eval_batch_size, False)]
         if self.val_triplets and len(self.val_pairs):
             # a fixed draw (epoch 0), so that the validation loss is comparable across epochs
-            loaders.append(self._loader(self._triplets(self.val_pairs, 0, augment=False),
+            loaders.append(self._loader(self._triplets(self.val_pairs, 0, augment=False,
+                                                       limit=self.max_val_triplets),
                                         self.batch_size, False))
         return loaders
 

@@ -20,3 +20,12 @@ def random_negative_pools(gt: RetrievalGroundTruth, cache_dir: Path | None = Non
     the 'deep ranking' approach. ``cache_dir`` is unused (nothing worth caching)."""
     everything = np.arange(len(gt.image_names), dtype=np.int64)
     return [np.setdiff1d(everything, excluded_from_negatives(gt, q)) for q in range(len(gt.queries))]
+
+
+def ssim_negative_pools(gt: RetrievalGroundTruth, cache_dir: Path, **params) -> list[np.ndarray]:
+    """The seed's pools: per query, the ``top_k`` database images most similar by SSIM of
+    their centre crops (see :mod:`retrieval.mining.ssim_miner`), cached under ``cache_dir``."""
+    from retrieval.mining.ssim_miner import negative_pools_for  # heavy: only when configured
+
+    pools = negative_pools_for(gt, cache_dir / "ssim", **params)
+    return [pools[q.name].indices for q in gt.queries]
