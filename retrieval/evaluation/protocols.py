@@ -16,6 +16,9 @@ class EvaluationResult:
     metrics: dict[str, float]  # fractions in [0, 1]
     per_query_ap: dict[str, np.ndarray]  # setup name -> AP per query (NaN: no positives)
     rankings: np.ndarray  # (n_queries, n_database) database indices, best first
+    # the embeddings that were ranked, for plots and reports (dataset order)
+    query_embeddings: np.ndarray | None = None
+    database_embeddings: np.ndarray | None = None
 
 
 def cosine_similarity(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
@@ -31,4 +34,5 @@ def evaluate_embeddings(queries: np.ndarray, database: np.ndarray, gt: Retrieval
     rankings = rank_by_similarity(cosine_similarity(queries, database))
     protocol = revisited_metrics if gt.protocol == "revisited" else classic_metrics
     result = protocol(rankings, gt.queries, ks)
-    return EvaluationResult(gt.protocol, result.metrics, result.per_query_ap, rankings)
+    return EvaluationResult(gt.protocol, result.metrics, result.per_query_ap, rankings,
+                            queries, database)
