@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from rich.console import Console
 from rich.table import Table
 
@@ -54,13 +54,21 @@ class DatabaseSearcher:
 
     def embed(self, image: str | Path, bbox: Sequence[float] | None = None) -> np.ndarray:
         """The query's searchable vector ``(1, dim)``: network, then the database's whitening."""
-        batch = self.transform(_read_image(Path(image), bbox)).unsqueeze(0).to(self.device)
+        return self.embed_image(_read_image(Path(image), bbox))
+
+    def embed_image(self, image: Image.Image) -> np.ndarray:
+        """:meth:`embed` for an RGB image already in memory (a web upload: never written to disk)."""
+        batch = self.transform(image).unsqueeze(0).to(self.device)
         descriptor = embed_batch(self.model, batch, self.artifact.scales).cpu().numpy()
         whitening = self.artifact.whitening
         return whitening.apply(descriptor) if whitening is not None else descriptor
 
     def query(self, image: str | Path, k: int = 10, bbox: Sequence[float] | None = None) -> list[Match]:
-        scores, indices = self.index.search(self.embed(image, bbox), k)
+        return self.search_vector(self.embed(image, bbox), k)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[Match]:
+        """The top-``k`` matches of one searchable vector ``(1, dim)`` (from :meth:`embed`)."""
+        scores, indices = self.index.search(vector, k)
         a = self.artifact
         return [Match(rank, float(s), int(i), a.image_names[i], a.image_paths[i])
                 for rank, (s, i) in enumerate(zip(scores[0], indices[0]), start=1) if i >= 0]
