@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,7 +35,9 @@ class GeM(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x.clamp(min=self.eps).pow(self.p), x.shape[-2:]).pow(1.0 / self.p).flatten(1)
+        # a mean over positions rather than avg_pool2d(kernel=h,w): the same numbers, and no
+        # shape-dependent kernel, so ONNX export keeps dynamic image sizes
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p.item():.3f}, eps={self.eps}"
