@@ -63,3 +63,31 @@ def test_landmark_disjoint_split_never_trains_on_held_out_images(tmp_path):
     for epoch in range(3):  # negatives never come from held-out images either
         triplets = draw_triplets(split.train_pairs, pools, seed=0, epoch=epoch)
         assert not held & set(triplets.ravel().tolist())
+
+
+def test_seeded_augmentations_do_not_depend_on_order_or_global_rng(tmp_path):
+    import torch
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from retrieval.datamodules.image_datasets import TripletDataset
+    from retrieval.datamodules.transforms import train_transform
+
+    paths = []
+    for i in range(4):  # textured images, so that different crops give different pixels
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(paths[-1])
+    augment = [v2.RandomResizedCrop(32, scale=(0.3, 1.0)), v2.RandomHorizontalFlip()]
+    triplets = np.array([[0, 1, 2], [1, 0, 3], [0, 2, 1]])
+
+    def dataset(seed: int) -> TripletDataset:
+        return TripletDataset(paths[:2], [None, None], paths, triplets, train_transform(32, augment), seed)
+
+    forwards = [dataset(7)[i] for i in range(3)]
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    backwards = [dataset(7)[i] for i in reversed(range(3))][::-1]
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is untouched
+    for a, b in zip(forwards, backwards):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(forwards[0][0], dataset(8)[0][0])  # the seed matters

@@ -37,10 +37,15 @@ class TripletDataset(Dataset):
     The triplets themselves are drawn outside (see :mod:`retrieval.datamodules.triplets`),
     once per epoch in the main process, so that every worker sees the same, seeded draw
     and a resumed run redraws exactly what the interrupted one would have.
+
+    With ``seed``, the random augmentations of item ``i`` draw from an RNG seeded by
+    ``(seed, i)`` alone: the same images whatever the worker count, the order of loading
+    or what ran before (a resumed run), and the global RNG is left as it was.
     """
 
     def __init__(self, anchor_paths: Sequence[Path], anchor_bboxes: Sequence[BBox | None],
-                 image_paths: Sequence[Path], triplets: np.ndarray, transform: Transform) -> None:
+                 image_paths: Sequence[Path], triplets: np.ndarray, transform: Transform,
+                 seed: int | None = None) -> None:
         if triplets.ndim != 2 or triplets.shape[1] != 3:
             raise ValueError(f"triplets must be an (n, 3) array, got shape {triplets.shape}")
         self.anchor_paths = list(anchor_paths)
@@ -48,13 +53,18 @@ class TripletDataset(Dataset):
         self.image_paths = list(image_paths)
         self.triplets = triplets
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.triplets)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         query, positive, negative = (int(v) for v in self.triplets[index])
-        anchor = load_rgb(self.anchor_paths[query], self.anchor_bboxes[query])
-        return (self.transform(anchor),
-                self.transform(load_rgb(self.image_paths[positive])),
-                self.transform(load_rgb(self.image_paths[negative])))
+        images = (load_rgb(self.anchor_paths[query], self.anchor_bboxes[query]),
+                  load_rgb(self.image_paths[positive]), load_rgb(self.image_paths[negative]))
+        if self.seed is None:
+            return tuple(self.transform(image) for image in images)
+        # torchvision's random transforms draw from torch's global RNG: fork it
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]))
+            return tuple(self.transform(image) for image in images)

@@ -119,7 +119,7 @@ class LandmarkDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------ dataloaders
     def _triplets(self, pairs: np.ndarray, epoch: int, augment: bool,
-                  limit: int | None = None) -> TripletDataset:
+                  limit: int | None = None, seed: int | None = None) -> TripletDataset:
         if limit is not None and len(pairs) > limit:
             rng = np.random.default_rng([self.seed, epoch, 1])
             pairs = pairs[np.sort(rng.choice(len(pairs), size=limit, replace=False))]
@@ -128,10 +128,11 @@ class LandmarkDataModule(L.LightningDataModule):
         transform = (train_transform(self.image_size, self.augmentations) if augment
                      else eval_transform(self.image_size))
         return TripletDataset([q.path for q in queries], bboxes, self.gt.image_paths,
-                              draw_triplets(pairs, self._pools(), self.seed, epoch), transform)
+                              draw_triplets(pairs, self._pools(), self.seed, epoch), transform, seed)
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+    def _loader(self, dataset, batch_size: int, shuffle: bool,
+                generator: torch.Generator | None = None) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=False, drop_last=False)
 
@@ -139,9 +140,14 @@ class LandmarkDataModule(L.LightningDataModule):
         # Called again every epoch (trainer.reload_dataloaders_every_n_epochs=1) so that
         # negatives are re-drawn per epoch, seeded by the epoch number.
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        # Everything random in an epoch derives from (seed, epoch), never from what ran
+        # before, so a run resumed from a checkpoint replays the uninterrupted run exactly:
+        # the triplets, their order (generator) and their augmentations (dataset seed).
+        epoch_seed = int(np.random.default_rng([self.seed, epoch, 2]).integers(2**62))
         return self._loader(self._triplets(self.train_pairs, epoch, augment=True,
-                                           limit=self.triplets_per_epoch),
-                            self.batch_size, shuffle=True)
+                                           limit=self.triplets_per_epoch, seed=epoch_seed),
+                            self.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(epoch_seed))
 
     def query_dataset(self) -> ImageListDataset:
         queries = self.eval_gt.queries
