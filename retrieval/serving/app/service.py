@@ -1,0 +1,158 @@
+"""Everything the routes need, loaded once: the database, its network and index, the
+dataset's ground truth, and a worker thread pool that runs the model off the event loop."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from retrieval.evaluation.metrics import average_precisions
+from retrieval.serving.app.imaging import thumbnail_jpeg
+from retrieval.serving.app.settings import AppSettings
+from retrieval.serving.app.truth import QueryTruth, load_dataset_truth
+from retrieval.serving.app.uploads import RequestError, decode_upload
+from retrieval.serving.database import BUILD_HINT, DatabaseError, load_database
+from retrieval.serving.query import DatabaseSearcher, Match
+from retrieval.serving.search import SearchIndex
+from retrieval.utils.errors import UserFacingError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# re-embedding a database image must reproduce its stored descriptor; float16 storage and
+# bf16 autocast on GPU move the cosine by ~1e-3, another model moves it far more
+SELF_CHECK_MIN_COSINE = 0.98
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One search: the top-k matches and, for a dataset query, their labels and its AP."""
+
+    matches: list[Match]
+    labels: list[str | None] = field(default_factory=list)  # per match; None without ground truth
+    ap: float | None = None  # None: not a dataset query (or one without positives)
+    image_size: tuple[int, int] | None = None  # an upload's (width, height)
+    preview: bytes | None = None  # an upload's JPEG thumbnail (never stored)
+
+
+class SearchService:
+    def __init__(self, searcher: DatabaseSearcher, settings: AppSettings) -> None:
+        artifact = searcher.artifact
+        self.searcher, self.settings, self.artifact = searcher, settings, artifact
+        root = artifact.image_root or os.path.commonpath(artifact.image_paths)
+        self.image_root = Path(root).resolve()
+        if not self.image_root.is_dir():
+            raise DatabaseError(f"the images of database {artifact.path} are not at {self.image_root} "
+                                f"(moved or deleted?); the app serves them from there")
+        self.truth, self.truth_note = load_dataset_truth(artifact, self.image_root, settings.ground_truth)
+        # the only files /images serves: database and query images, by path relative to the root
+        self.servable: dict[str, Path] = {}
+        for path in [*artifact.image_paths, *(q.path for q in self.queries)]:
+            resolved = Path(path).resolve()
+            if resolved.is_relative_to(self.image_root):
+                self.servable[resolved.relative_to(self.image_root).as_posix()] = resolved
+        self.executor = ThreadPoolExecutor(settings.model_threads, thread_name_prefix="retrieval-model")
+
+    @classmethod
+    def load(cls, settings: AppSettings,
+             index_factory: Callable[[np.ndarray], SearchIndex] = SearchIndex) -> SearchService:
+        """Load and check everything; a missing or mismatched database is a DatabaseError."""
+        artifact = load_database(settings.db)
+        searcher = DatabaseSearcher(artifact, index_factory, settings.ckpt_path, settings.device)
+        self_check(searcher)
+        return cls(searcher, settings)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def queries(self) -> list[QueryTruth]:
+        return self.truth.queries if self.truth is not None else []
+
+    def dataset_query(self, query_id: int) -> QueryTruth:
+        if not 0 <= query_id < len(self.queries):
+            raise RequestError(404, f"There is no dataset query {query_id} (this database has "
+                                   f"{len(self.queries)}).")
+        return self.queries[query_id]
+
+    def url_of(self, path: str | Path) -> str | None:
+        """The path under /images of a database or query image (None: not servable)."""
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(self.image_root):
+            return None
+        relative = resolved.relative_to(self.image_root).as_posix()
+        return relative if relative in self.servable else None
+
+    def check_k(self, k: int | None) -> int:
+        k = self.settings.k if k is None else k
+        if not 1 <= k <= self.settings.max_k:
+            raise RequestError(422, f"k must be between 1 and {self.settings.max_k}, got {k}.")
+        return k
+
+    # ------------------------------------------------------------ the searches (worker thread)
+    async def run(self, function: Callable[..., T], *args) -> T:
+        """Run ``function(*args)`` on the model's worker threads; the event loop stays free."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(function, *args))
+
+    def search_dataset_query(self, query: QueryTruth, k: int) -> Outcome:
+        bbox = query.bbox if self.settings.query_crop else None
+        vector = self.searcher.embed(query.path, bbox)
+        # AP needs the whole ranking (an approximate index may return fewer: misses count 0)
+        ranking = self.searcher.search_vector(vector, len(self.artifact.image_paths))
+        ap = average_precisions(np.asarray([[m.index for m in ranking]], dtype=np.int64),
+                                [query.positives], [query.junk])[0]
+        top = ranking[:k]
+        return Outcome(top, [query.labels.get(m.index, "wrong") for m in top],
+                       None if math.isnan(ap) else float(ap))
+
+    def search_upload(self, data: bytes, k: int, bbox: tuple[float, float, float, float] | None,
+                      preview: bool = False) -> Outcome:
+        """The upload's matches; with ``preview``, also its size (to draw the box) and thumbnail."""
+        image = decode_upload(data, self.settings.max_upload_bytes, self.settings.max_pixels)
+        size = image.size
+        thumbnail = thumbnail_jpeg(image, self.settings.thumbnail_size * 2) if preview else None
+        if bbox is not None:
+            x1, y1, x2, y2 = (round(v) for v in bbox)
+            x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, size[0]), min(y2, size[1])
+            if x2 <= x1 or y2 <= y1:
+                raise RequestError(422, f"The box {list(bbox)} lies outside the {size[0]}x{size[1]} image.")
+            image = image.crop((x1, y1, x2, y2))
+        matches = self.searcher.search_vector(self.searcher.embed_image(image), k)
+        return Outcome(matches, [None] * len(matches), image_size=size, preview=thumbnail)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def self_check(searcher: DatabaseSearcher) -> None:
+    """Re-embed the first database image: its descriptor must be the stored one.
+
+    The checkpoint's sha256 is checked on load; this also catches a database whose files
+    were swapped or edited, or a model config that no longer builds the same network.
+    """
+    artifact = searcher.artifact
+    path, stored = artifact.image_paths[0], artifact.embeddings[:1].astype(np.float32)
+    try:
+        vector = searcher.embed(path)
+    except DatabaseError:
+        raise
+    except UserFacingError as error:  # the image is gone or unreadable
+        raise DatabaseError(f"database {artifact.path}: its first image cannot be read ({error}); "
+                            f"were its images moved?") from None
+    except (RuntimeError, ValueError) as error:  # descriptor length differs from the whitening's
+        raise DatabaseError(f"database {artifact.path} does not match its model: embedding {path} "
+                            f"failed ({error}); rebuild it with {BUILD_HINT}") from None
+    cosine = float(vector[0] @ stored[0]) / max(float(np.linalg.norm(stored[0])), 1e-12) \
+        if vector.shape == stored.shape else float("nan")
+    if not cosine >= SELF_CHECK_MIN_COSINE:
+        raise DatabaseError(f"database {artifact.path} does not match its model: re-embedding {path} "
+                            f"gives a {vector.shape[1]}-d descriptor with cosine {cosine:.3f} to the "
+                            f"stored {stored.shape[1]}-d one (expected ~1). Its files changed or it "
+                            f"was built with another model; rebuild it with {BUILD_HINT}")
+    log.info("self-check: %s re-embeds with cosine %.4f", Path(path).name, cosine)
