@@ -6,6 +6,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from retrieval.datamodules.landmark_datamodule import VAL_TRIPLETS
 
@@ -18,15 +19,36 @@ class TripletRetrievalModule(L.LightningModule):
     negative) embeddings. Optimizer and scheduler come as partials from the config."""
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: OptimizerFactory,
-                 scheduler: SchedulerFactory | None = None, channels_last: bool = False) -> None:
+                 scheduler: SchedulerFactory | None = None, channels_last: bool = False,
+                 compile: bool = False, compile_options: dict | None = None) -> None:
         super().__init__()
         # Only plain values go into the checkpoint: factories (Hydra partials) would make it
         # unloadable with torch.load(weights_only=True). The run's config holds them anyway.
         self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        if channels_last:
+        self._configured = False
+
+    def configure_model(self) -> None:
+        """Called by the trainer before the optimizer and before a checkpoint is restored.
+
+        A lazy projection head (head=linear) is sized first, by one dry forward at the
+        datamodule's image size in eval mode (BatchNorm statistics stay untouched); memory
+        format and compilation come after, as they need materialised weights."""
+        if self._configured:
+            return
+        self._configured = True
+        if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in self.net.modules()):
+            size = getattr(self.trainer.datamodule, "image_size", 224) if self._trainer else 224
+            training = self.net.training
+            with torch.no_grad():
+                self.net.eval()(torch.zeros(1, 3, size, size, device=self.device))
+            self.net.train(training)
+        if self.hparams.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile:
+            # in place (nn.Module.compile): parameter names and checkpoints stay as without it
+            self.net.compile(**dict(self.hparams.compile_options or {}))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
