@@ -89,6 +89,7 @@ class LandmarkDataModule(L.LightningDataModule):
         else:
             self.eval_gt = self.gt
         self.negative_pools: list[np.ndarray] | None = None
+        self._pools_epoch: int | None = None
 
     @property
     def evaluates_on_training_anchors(self) -> bool:
@@ -108,7 +109,12 @@ class LandmarkDataModule(L.LightningDataModule):
         except DatasetError as error:
             raise DatasetError(dataset_missing_message(name, str(root), str(error), how_to_get)) from None
 
-    def _pools(self) -> list[np.ndarray]:
+    def _pools(self, epoch: int | None = None) -> list[np.ndarray]:
+        """The negative pools; ``epoch`` None (validation triplets): whatever is current."""
+        if getattr(self.negative_pools_fn, "needs_model", False):
+            if epoch is None and self.negative_pools is not None:
+                return self.negative_pools
+            return self._pools_from_current_model(epoch or 0)
         if self.negative_pools is None:
             if self.negative_pools_fn is None:
                 raise ValueError("this datamodule was built without a negative miner (mining=...)")
@@ -117,9 +123,23 @@ class LandmarkDataModule(L.LightningDataModule):
             self.negative_pools = [np.setdiff1d(pool, held_out) for pool in pools] if len(held_out) else pools
         return self.negative_pools
 
+    def _pools_from_current_model(self, epoch: int) -> list[np.ndarray]:
+        """mining=current_model: re-mined with the network's weights once per epoch."""
+        if self._pools_epoch != epoch or self.negative_pools is None:
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            if module is None:
+                raise ValueError("mining=current_model needs the model: use the datamodule in a Trainer")
+            bboxes = [q.bbox if self.train_anchor_crop else None for q in self.gt.queries]
+            self.negative_pools = self.negative_pools_fn(
+                self.gt, model=module, epoch=epoch, seed=self.seed, image_size=self.image_size,
+                query_bboxes=bboxes, held_out=self.protocol.held_out_images)
+            self._pools_epoch = epoch
+        return self.negative_pools
+
     # ------------------------------------------------------------ dataloaders
     def _triplets(self, pairs: np.ndarray, epoch: int, augment: bool,
-                  limit: int | None = None, seed: int | None = None) -> TripletDataset:
+                  limit: int | None = None, seed: int | None = None,
+                  mining_epoch: int | None = None) -> TripletDataset:
         if limit is not None and len(pairs) > limit:
             rng = np.random.default_rng([self.seed, epoch, 1])
             pairs = pairs[np.sort(rng.choice(len(pairs), size=limit, replace=False))]
@@ -128,7 +148,7 @@ class LandmarkDataModule(L.LightningDataModule):
         transform = (train_transform(self.image_size, self.augmentations) if augment
                      else eval_transform(self.image_size))
         return TripletDataset([q.path for q in queries], bboxes, self.gt.image_paths,
-                              draw_triplets(pairs, self._pools(), self.seed, epoch), transform, seed)
+                              draw_triplets(pairs, self._pools(mining_epoch), self.seed, epoch), transform, seed)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool,
                 generator: torch.Generator | None = None) -> DataLoader:
@@ -145,7 +165,8 @@ class LandmarkDataModule(L.LightningDataModule):
         # the triplets, their order (generator) and their augmentations (dataset seed).
         epoch_seed = int(np.random.default_rng([self.seed, epoch, 2]).integers(2**62))
         return self._loader(self._triplets(self.train_pairs, epoch, augment=True,
-                                           limit=self.triplets_per_epoch, seed=epoch_seed),
+                                           limit=self.triplets_per_epoch, seed=epoch_seed,
+                                           mining_epoch=epoch),
                             self.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(epoch_seed))
 
