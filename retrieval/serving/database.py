@@ -258,6 +258,14 @@ def _fit_whitening(cfg: DictConfig, embeddings: np.ndarray, checkpoint_sha256: s
                        "fit_on": source, "fit_count": len(embeddings)}
 
 
+def _evaluation_root(datamodule) -> str | None:
+    """Root of the dataset whose images the database holds: under a cross-dataset protocol
+    the evaluation set, not the training set."""
+    eval_reader = getattr(datamodule, "load_eval_ground_truth", None)
+    root = getattr(eval_reader, "keywords", {}).get("root") if eval_reader is not None else datamodule.root
+    return str(Path(root).resolve()) if root else None
+
+
 def build_database(cfg: DictConfig) -> Path:
     """Embed ``cfg.dataset``'s database images with ``cfg.ckpt_path`` and write the artifact."""
     backbone = cfg.model.net.backbone
@@ -283,8 +291,8 @@ def build_database(cfg: DictConfig) -> Path:
     vectors = whitening.apply(embeddings) if whitening is not None else embeddings
     artifact = DatabaseArtifact(
         embeddings=vectors.astype(cfg.dtype), image_paths=[str(Path(p).resolve()) for p in dataset.paths],
-        image_names=list(datamodule.gt.image_names), dataset=datamodule.name,
-        image_root=str(Path(datamodule.root).resolve()) if datamodule.root else None,
+        image_names=list(datamodule.eval_gt.image_names), dataset=datamodule.eval_gt.name,
+        image_root=_evaluation_root(datamodule),
         model_config=OmegaConf.to_container(cfg.model, resolve=True), image_size=int(cfg.dataset.image_size),
         checkpoint=str(ckpt) if ckpt else None, checkpoint_sha256=sha, whitening=whitening,
         whitening_info=info, scales=tuple(float(s) for s in cfg.embed.scales),
