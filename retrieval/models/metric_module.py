@@ -1,0 +1,56 @@
+"""LightningModule for class-labelled batches: embed a P×K batch, mine triplets in it, and
+apply the configured triplet loss to them.
+
+It is the triplet module with another ``training_step``: the network, the loss (margin and
+distance of ``model.loss``), optimizer/scheduler partials, ``forward`` and the evaluation
+``validation_step`` (``{"embeddings", "indices"}`` for the RetrievalEvaluation callback)
+are inherited, so checkpoints of both modules share one layout.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from pytorch_metric_learning.miners import BaseMiner
+from torch import nn
+
+from retrieval.mining.online import class_set_miner, mine_triplets
+from retrieval.models.triplet_module import (
+    OptimizerFactory,
+    SchedulerFactory,
+    TripletRetrievalModule,
+)
+
+
+class ClassMetricModule(TripletRetrievalModule):
+    """``miner``: the ``mining`` group's object (see :mod:`retrieval.mining.online`); None or
+    ``mining=random`` trains on every valid triplet of the batch."""
+
+    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: OptimizerFactory,
+                 scheduler: SchedulerFactory | None = None,
+                 miner: BaseMiner | Callable | None = None, **options) -> None:
+        # options: the triplet module's own switches (channels_last, ...), passed through
+        super().__init__(net, loss, optimizer, scheduler, **options)
+        # Checkpoints must load with torch.load(weights_only=True), so hyper-parameters stay
+        # plain values. The parent's save_hyperparameters collects the arguments of every
+        # __init__ of this object, this one's too: drop the miner (the run's config holds the
+        # mining choice), and turn config containers (compile_options) into dicts/lists.
+        self.hparams.pop("miner", None)
+        for key, value in list(self.hparams.items()):
+            if isinstance(value, (DictConfig, ListConfig)):
+                self.hparams[key] = OmegaConf.to_container(value, resolve=True)
+        self.miner = class_set_miner(miner)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        embeddings = self(images)
+        anchor, positive, negative = mine_triplets(self.miner, embeddings, labels)
+        if len(anchor):
+            loss = self.loss(embeddings[anchor], embeddings[positive], embeddings[negative])
+        else:  # nothing mined (e.g. no semi-hard triplet left): a zero that keeps the graph
+            loss = embeddings.sum() * 0.0
+        batch_size = images.shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log("train/triplets", float(len(anchor)), on_step=False, on_epoch=True, batch_size=batch_size)
+        return loss
