@@ -4,6 +4,7 @@ The module's ``validation_step`` returns ``{"embeddings", "indices"}`` for the q
 and the database loader; this callback collects them, gathers them across processes,
 drops the duplicates that a DistributedSampler pads with, restores dataset order, ranks
 the database for every query by cosine similarity and logs the protocol's metrics.
+Class-labelled sets (leave-one-out) have one loader, the gallery: it is both.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from retrieval.datamodules.class_ground_truth import ClassGroundTruth
 from retrieval.datamodules.landmark_datamodule import VAL_DATABASE, VAL_QUERIES
 from retrieval.evaluation.protocols import EvaluationResult, evaluate_embeddings
 
@@ -69,11 +71,13 @@ class RetrievalEvaluation(L.Callback):
             self._database.add(outputs)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not self._database.embeddings:
+        gt = getattr(trainer.datamodule, "eval_gt", None)
+        # leave-one-out: the gallery (loader 0) is the queries and the database
+        gallery_only = isinstance(gt, ClassGroundTruth)
+        if trainer.sanity_checking or not (self._queries if gallery_only else self._database).embeddings:
             return
-        gt = trainer.datamodule.eval_gt
         queries = self._queries.ordered(pl_module, len(gt.queries))
-        database = self._database.ordered(pl_module, len(gt.image_names))
+        database = queries if gallery_only else self._database.ordered(pl_module, len(gt.image_names))
         if queries is None or database is None:
             log.warning("retrieval metrics skipped: validation saw only part of the queries or "
                         "database (limit_val_batches / fast_dev_run)")

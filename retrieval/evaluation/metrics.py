@@ -14,6 +14,7 @@ removed) and n_pos = all positives of the query:
   ``P = #(R <= kq) / kq``.
 * **reference AP@k** (the seed project): ``sum of precision at each hit within the top k / k``.
 * **mAP@k** (class-labelled): ``sum_{i<=k} P(i) rel(i) / min(k, n_pos)``.
+* **MAP@R** (class-labelled, Musgrave et al. 2020): mAP@k with k = n_pos for each query.
 
 A query without positives gets NaN for every metric and is left out of every mean, as
 revisitop does. Means over queries are fractions in [0, 1] (revisitop prints them ×100).
@@ -24,7 +25,8 @@ with no retrieved positive, here its mP@k is 0.
 
 Which metrics the protocols report: :func:`classic_metrics` (Oxford5k / Paris6k),
 :func:`revisited_metrics` (ROxford5k / RParis6k, Easy / Medium / Hard) and, for
-class-labelled galleries, :func:`leave_one_out_metrics` (Recall@k, Precision@k, mAP@k).
+class-labelled galleries, :func:`leave_one_out_metrics` (Recall@k, Precision@k, mAP@k) and
+:func:`class_metrics` (those plus MAP@R as "mAP").
 
 Positives and junk are expected to be disjoint (they are in every dataset format we read).
 If an image is in both, revisitop's rule applies: it counts as a positive and, as junk,
@@ -345,3 +347,42 @@ def _top_rankings(similarity: np.ndarray, depth: int, chunk_elements: int = 1 <<
         return np.empty((0, min(depth, similarity.shape[1])), dtype=np.int64)
     return np.concatenate([rank_by_similarity(similarity[start:start + rows])[:, :depth]
                            for start in range(0, similarity.shape[0], rows)])
+
+
+def _ap_at_r(ranks: PositiveRanks) -> np.ndarray:
+    """AP@R per query with R = its n_pos: sum_{i<=R} P(i)·rel(i) / R (NaN without positives)."""
+    within = ranks.rank < ranks.n_pos[ranks.query]
+    hits = ranks.per_query_sum(ranks.precision_at_hits() * within)
+    return ranks.nan_without_positives(hits / np.maximum(ranks.n_pos, 1))
+
+
+def map_at_r(similarity_or_rankings: np.ndarray, labels: np.ndarray) -> float:
+    """MAP@R (Musgrave et al., "A Metric Learning Reality Check", 2020), leave-one-out: the
+    mean over queries of AP@R, R = the number of other items of the query's class."""
+    labels = np.asarray(labels)
+    ranks = _leave_one_out_ranks(similarity_or_rankings, labels, depth=_largest_class(labels))
+    return float(ranks.mean(_ap_at_r(ranks)))
+
+
+def class_metrics(similarity_or_rankings: np.ndarray, labels: np.ndarray,
+                  ks: Sequence[int] = (1, 5, 10)) -> ProtocolResult:
+    """The leave-one-out protocol of class-labelled galleries, from one ranking.
+
+    Keys: "mAP" = MAP@R (see :func:`map_at_r`; it is what checkpoints monitor as val/mAP),
+    then "R@k", "P@k", "mAP@k" as :func:`leave_one_out_metrics` defines them. Rankings of
+    item indices must reach depth max(max(ks), largest class - 1) (one more if they hold the
+    query itself) to be exact. ``per_query_ap["leave_one_out"]`` is AP@R per query.
+    """
+    labels = np.asarray(labels)
+    ranks = _leave_one_out_ranks(similarity_or_rankings, labels,
+                                 depth=max(max(ks) + 1, _largest_class(labels)))
+    ap = _ap_at_r(ranks)
+    metrics = {"mAP": float(ranks.mean(ap))}
+    metrics.update({f"{name}@{k}": float(ranks.mean(_LEAVE_ONE_OUT[name](ranks, k)))
+                    for name in _LEAVE_ONE_OUT for k in ks})
+    return ProtocolResult(metrics, {"leave_one_out": ap})
+
+
+def _largest_class(labels: np.ndarray) -> int:
+    """Ranking depth that reaches every positive of every query, the query itself included."""
+    return int(np.unique(labels, return_counts=True)[1].max(initial=1))
