@@ -1,4 +1,12 @@
-"""Evaluate a checkpoint (or an untrained / ImageNet baseline) on a dataset's protocol."""
+"""Evaluate a checkpoint and untrained baselines side by side; one Rich table, one JSON.
+
+One variant (see :mod:`retrieval.runs.variants`) goes through, each step off by default so
+that the defaults reproduce the evaluation callback's numbers exactly:
+
+    embed queries + database (``scales``) -> whitening (``whitening.kind`` pca|learned,
+    fit on ``whitening.fit_on`` none|database|train) -> DBA on the database (``dba.n``) ->
+    αQE of the queries (``qe.n``) -> cosine ranking -> the dataset's protocol metrics
+"""
 from __future__ import annotations
 
 import hashlib
@@ -9,13 +17,19 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from retrieval.evaluation.callback import RetrievalEvaluation
-from retrieval.runs.build import build_datamodule, build_model, build_trainer
-from retrieval.runs.report import print_metrics
+from retrieval.datamodules.image_datasets import ImageListDataset
+from retrieval.datamodules.transforms import eval_transform
+from retrieval.evaluation.learned_whitening import fit_learned_whitening
+from retrieval.evaluation.protocols import EvaluationResult, evaluate_embeddings
+from retrieval.evaluation.query_expansion import alpha_query_expansion, database_side_augmentation
+from retrieval.evaluation.whitening import Whitening, fit_whitening
+from retrieval.runs.build import build_datamodule, build_model
+from retrieval.runs.report import print_comparison
 from retrieval.runs.train import LEAK_WARNING
+from retrieval.runs.variants import Variant, compose_variants, describe, plain
+from retrieval.serving.embed import embed_dataset
 from retrieval.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -41,32 +55,155 @@ def load_weights(model: L.LightningModule, ckpt_path: Path) -> None:
                               f"{str(error).splitlines()[0]}") from None
 
 
-def evaluate(cfg: DictConfig) -> dict:
+class Embeddings:
+    """Descriptors of image sets: computed once per (network, image set) and shared by the
+    variants that differ only afterwards (whitening, DBA, αQE)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, L.LightningModule] = {}
+        self._vectors: dict[tuple, np.ndarray] = {}
+
+    @staticmethod
+    def network_key(cfg: DictConfig) -> str:
+        # the seed matters: it draws the weights of an untrained network
+        return json.dumps({"net": plain(cfg.model.net), "ckpt": cfg.ckpt_path, "seed": cfg.seed,
+                           "scales": list(cfg.scales), "size": cfg.dataset.image_size}, sort_keys=True)
+
+    def model(self, cfg: DictConfig) -> L.LightningModule:
+        key = self.network_key(cfg)
+        if key not in self._models:
+            # seeded right before building, as train.py does: an untrained network gets the
+            # weights of train.py's "untrained" row, whichever variant builds it
+            L.seed_everything(cfg.seed, workers=True, verbose=False)
+            self._models[key] = build_model(cfg)
+            if cfg.ckpt_path:
+                load_weights(self._models[key], Path(cfg.ckpt_path))
+        return self._models[key]
+
+    def __call__(self, cfg: DictConfig, images: ImageListDataset, description: str) -> np.ndarray:
+        key = (self.network_key(cfg), tuple(map(str, images.paths)), tuple(images.bboxes))
+        if key not in self._vectors:
+            self._vectors[key] = embed_dataset(
+                self.model(cfg), images, cfg.embed.batch_size, cfg.embed.num_workers, cfg.embed.device,
+                tuple(float(s) for s in cfg.scales), description=description)
+        return self._vectors[key]
+
+
+def training_images(datamodule) -> tuple[ImageListDataset, np.ndarray]:
+    """What training may see: the training dataset's images minus the protocol's held-out
+    ones (cross-dataset: another dataset; landmark-disjoint: no held-out landmark), and
+    their indices in that dataset."""
+    gt = datamodule.gt
+    keep = np.setdiff1d(np.arange(len(gt.image_paths)), datamodule.protocol.held_out_images)
+    return ImageListDataset([gt.image_paths[i] for i in keep], eval_transform(datamodule.image_size)), keep
+
+
+def training_anchors(datamodule) -> ImageListDataset:
+    """The training queries, cropped as training crops its anchors."""
+    queries = datamodule.gt.queries
+    bboxes = [q.bbox if datamodule.train_anchor_crop else None for q in queries]
+    return ImageListDataset([q.path for q in queries], eval_transform(datamodule.image_size), bboxes)
+
+
+def fit_variant_whitening(cfg: DictConfig, datamodule, embed: Embeddings,
+                          database: np.ndarray) -> tuple[Whitening | None, dict]:
+    w = cfg.whitening  # settings checked by compose_variants
+    if w.fit_on == "none":
+        return None, {}
+    if w.fit_on == "database":
+        descriptors = database
+    else:
+        images, keep = training_images(datamodule)
+        descriptors = embed(cfg, images, "training images")
+    if w.kind == "pca":
+        whitening = fit_whitening(descriptors, w.dim, w.power, w.shrinkage, w.random_state)
+        return whitening, {"count": len(descriptors)}
+    pairs = datamodule.train_pairs
+    if not len(pairs):
+        raise UserFacingError("whitening.kind=learned needs training pairs, and this protocol has none")
+    anchors = embed(cfg, training_anchors(datamodule), "training queries")
+    # rows: the training images, then the training queries
+    rows = np.stack([len(keep) + pairs[:, 0], np.searchsorted(keep, pairs[:, 1])], axis=1)
+    whitening = fit_learned_whitening(np.concatenate([descriptors, anchors]), rows, w.dim, w.power, w.shrinkage)
+    return whitening, {"count": len(descriptors) + len(anchors), "pairs": len(rows)}
+
+
+def check_supported(variant: Variant, datamodule) -> None:
+    """Class-labelled sets (leave-one-out over one gallery) have no training pairs nor a
+    database apart from the queries: only PCA whitening on the gallery applies there."""
+    cfg = variant.cfg
+    if datamodule.eval_gt.protocol == "leave_one_out" and (
+            cfg.whitening.fit_on == "train" or cfg.qe.n or cfg.dba.n):
+        raise UserFacingError(f"{variant.name}: on a class-labelled set (leave-one-out) only "
+                              f"whitening.fit_on=none|database applies; αQE, DBA and fit_on=train do not")
+
+
+def evaluate_variant(variant: Variant, datamodule, embed: Embeddings) -> tuple[EvaluationResult, dict]:
+    cfg = variant.cfg
+    queries = embed(cfg, datamodule.query_dataset(), f"{variant.name}: queries")
+    database = embed(cfg, datamodule.database_dataset(), f"{variant.name}: database")
+    whitening, fitted = fit_variant_whitening(cfg, datamodule, embed, database)
+    if whitening is not None:
+        queries, database = whitening.apply(queries), whitening.apply(database)
+        fitted = {**plain(cfg.whitening), "requested_dim": cfg.whitening.dim, "dim": whitening.dim, **fitted}
+    database = database_side_augmentation(database, cfg.dba.n, cfg.dba.alpha)  # n=0: unchanged
+    queries = alpha_query_expansion(queries, database, cfg.qe.n, cfg.qe.alpha)
+    return evaluate_embeddings(queries, database, datamodule.eval_gt, cfg.ks), fitted
+
+
+def _entry(variant: Variant, result: EvaluationResult, whitening: dict, query_names: list[str],
+           checkpoint_sha256: str | None) -> dict:
+    """A variant's record in the JSON report."""
+    cfg = variant.cfg
+    return {
+        "setup": describe(cfg, whitening.get("dim")), "overrides": list(variant.overrides),
+        "checkpoint": cfg.ckpt_path, "checkpoint_sha256": checkpoint_sha256, "scales": list(cfg.scales),
+        "whitening": whitening or None, "dba": plain(cfg.dba) if cfg.dba.n else None,
+        "qe": plain(cfg.qe) if cfg.qe.n else None, "metrics": result.metrics,
+        "per_query_ap": {setup: {n: (None if np.isnan(ap) else float(ap)) for n, ap in zip(query_names, aps)}
+                         for setup, aps in result.per_query_ap.items()},
+    }
+
+
+def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = (), config_name: str = "evaluate") -> dict:
+    """Evaluate the run's config and every ``cfg.compare`` variant; ``overrides`` are the
+    run's command-line overrides, which every variant starts from."""
     L.seed_everything(cfg.seed, workers=True)
+    variants = compose_variants(cfg, overrides, config_name)
     datamodule = build_datamodule(cfg)
     datamodule.val_triplets = False  # metrics only: no triplets, no negative mining
-    model = build_model(cfg)
-    ckpt = Path(cfg.ckpt_path) if cfg.ckpt_path else None
-    if ckpt is not None:
-        load_weights(model, ckpt)
-    evaluator = RetrievalEvaluation(ks=tuple(cfg.ks))
-    trainer = build_trainer(cfg, [evaluator, RichProgressBar()], [], max_epochs=1)
-    trainer.validate(model, datamodule=datamodule, verbose=False)
-    result = evaluator.last_result
-    label = "checkpoint" if ckpt else "untrained" + (" (ImageNet)" if cfg.model.net.backbone.pretrained else "")
-    print_metrics({label: result.metrics}, f"{datamodule.name}: {result.protocol} protocol (%)")
-    if datamodule.evaluates_on_training_anchors and ckpt is not None:
-        print(LEAK_WARNING)
-
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    embed, results, entries, hashes = Embeddings(), {}, {}, {}
     names = [q.name for q in datamodule.eval_gt.queries]
+    for variant in variants:
+        check_supported(variant, datamodule)
+    for variant in variants:
+        results[variant.name], whitening = evaluate_variant(variant, datamodule, embed)
+        ckpt = variant.cfg.ckpt_path
+        if ckpt and ckpt not in hashes:
+            hashes[ckpt] = file_sha256(Path(ckpt))
+        entries[variant.name] = _entry(variant, results[variant.name], whitening, names, hashes.get(ckpt))
+
+    protocol = results[variants[0].name].protocol
+    print_comparison({name: (entry["setup"], entry["metrics"]) for name, entry in entries.items()},
+                     f"{datamodule.name}: {protocol} protocol (%)", protocol)
+    if datamodule.evaluates_on_training_anchors and any(
+            v.cfg.ckpt_path or v.cfg.whitening.fit_on == "train" for v in variants):
+        print(LEAK_WARNING)
+    # Reports built from the ranked embeddings (plots, ...) go here: `results` maps each
+    # variant's name to its EvaluationResult (query/database embeddings, rankings, metrics).
+
+    main = entries[variants[0].name]
     report = {
         "dataset": datamodule.name,
-        "protocol": result.protocol,
-        "checkpoint": str(ckpt) if ckpt else None,
-        "checkpoint_sha256": file_sha256(ckpt) if ckpt else None,
-        "metrics": result.metrics,
-        "per_query_ap": {setup: {n: (None if np.isnan(ap) else float(ap)) for n, ap in zip(names, aps)}
-                         for setup, aps in result.per_query_ap.items()},
+        "protocol": protocol,
+        # the run's own row (the checkpoint, or the baseline it configures), as before
+        "checkpoint": main["checkpoint"],
+        "checkpoint_sha256": main["checkpoint_sha256"],
+        "metrics": main["metrics"],
+        "per_query_ap": main["per_query_ap"],
+        "variants": entries,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     out = Path(cfg.output_json)
