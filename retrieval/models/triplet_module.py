@@ -24,6 +24,8 @@ class TripletRetrievalModule(L.LightningModule):
         super().__init__()
         # Only plain values go into the checkpoint: factories (Hydra partials) would make it
         # unloadable with torch.load(weights_only=True). The run's config holds them anyway.
+        # a plain dict, not Hydra's DictConfig: checkpoints must load with weights_only=True
+        compile_options = {str(k): v for k, v in (compile_options or {}).items()}
         self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler

@@ -85,7 +85,7 @@ class Embeddings:
         if key not in self._vectors:
             self._vectors[key] = embed_dataset(
                 self.model(cfg), images, cfg.embed.batch_size, cfg.embed.num_workers, cfg.embed.device,
-                tuple(float(s) for s in cfg.scales), description=description)
+                tuple(float(s) for s in cfg.scales), description=description, bf16=cfg.embed.bf16)
         return self._vectors[key]
 
 

@@ -22,7 +22,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def embed_batch(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+def embed_batch(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,),
+                bf16: bool = True) -> torch.Tensor:
     """L2-normalised descriptors (float32) of a batch of normalised image tensors.
 
     With several ``scales`` the batch is resized by each factor, and the per-scale
@@ -32,8 +33,9 @@ def embed_batch(model: nn.Module, images: torch.Tensor, scales: Sequence[float] 
     """
     device = images.device
     # bf16 autocast on CUDA: ~2x throughput on tensor cores, and descriptors are compared by
-    # cosine, which bf16 activations barely move; CPU stays in float32 (bf16 is slower there)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # cosine, which bf16 activations barely move; CPU stays in float32 (bf16 is slower there).
+    # bf16=False gives float32 everywhere (numbers identical to a float32 training callback).
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
     total: torch.Tensor | None = None
     with torch.inference_mode(), autocast:
         for scale in scales:
@@ -51,7 +53,7 @@ def embed_batch(model: nn.Module, images: torch.Tensor, scales: Sequence[float] 
 
 def embed_dataset(model: nn.Module, dataset: Dataset, batch_size: int = 32, num_workers: int = 0,
                   device: str | torch.device = "auto", scales: Sequence[float] = (1.0,),
-                  progress: bool = True, description: str = "embedding") -> np.ndarray:
+                  progress: bool = True, description: str = "embedding", bf16: bool = True) -> np.ndarray:
     """Descriptors of every image of ``dataset`` (yielding ``(tensor, index)``), float32
     ``(len(dataset), dim)`` in dataset order."""
     if len(dataset) == 0:
@@ -63,7 +65,7 @@ def embed_dataset(model: nn.Module, dataset: Dataset, batch_size: int = 32, num_
     out: np.ndarray | None = None
     batches = track(loader, description=description, total=len(loader), disable=not progress)
     for images, indices in batches:
-        descriptors = embed_batch(model, images.to(device, non_blocking=True), scales).cpu().numpy()
+        descriptors = embed_batch(model, images.to(device, non_blocking=True), scales, bf16).cpu().numpy()
         if out is None:
             out = np.empty((len(dataset), descriptors.shape[1]), dtype=np.float32)
         out[indices.numpy()] = descriptors  # by index: order-safe whatever the loader does
