@@ -14,7 +14,7 @@ from retrieval.tracking import relevance as rel
 from retrieval.tracking.embedding_plot import group_colours, plot_embeddings, project_2d
 from retrieval.tracking.offline_run import offline_runs, read_offline_run
 from retrieval.tracking.retrieval_grid import (BLUE, BOX, COLOURS, build_grid_rows, cell_origin,
-                                               draw_retrieval_grid)
+                                               draw_retrieval_grid, save_retrieval_grid)
 from retrieval.tracking.wandb_run import create_wandb_logger, finishing_wandb_run
 from tests.conftest import run_script, tiny_run
 
@@ -79,8 +79,9 @@ def test_relevance_of_revisited_and_class_labelled_ground_truth(tmp_path):
     assert rel.query_groups(gallery) == ["daisy", "rose", "daisy", "rose"]
     rows = build_grid_rows(_result([[2, 1, 3], [3, 0, 2]], protocol="leave_one_out"), gallery, [0, 1], 3, 32)
     assert [c.label for c in rows[1].results] == ["same", "wrong", "wrong"]
-    unknown = SimpleNamespace(protocol="recall", image_paths=paths)
-    assert build_grid_rows(_result([[0, 1]], protocol="recall"), unknown, [0], 2) is None
+    unknown = SimpleNamespace(protocol="recall", image_paths=paths)  # no labels: not drawn
+    assert save_retrieval_grid(_result([[0, 1]], protocol="recall"), unknown, tmp_path / "g.png") is None
+    assert not (tmp_path / "g.png").exists()
 
 
 def _clusters(n_per: int = 25, dim: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

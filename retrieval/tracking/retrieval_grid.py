@@ -127,3 +127,17 @@ def build_grid_rows(result: EvaluationResult, gt: Any, queries: Sequence[int], t
                    for rank, (i, label) in enumerate(zip(ranked, labels))]
         rows.append(Row(query, results))
     return rows
+
+
+def save_retrieval_grid(result: EvaluationResult, gt: Any, path: Path | str, n_queries: int = 4,
+                        top_k: int = 8, thumb: int = 96, title: str | None = None) -> Path | None:
+    """Draw ``n_queries`` evenly spread queries with their ``top_k`` results into ``path``
+    (PNG); None when the ground truth is of a kind the grid cannot judge."""
+    rows = build_grid_rows(result, gt, pick_queries(len(result.rankings), n_queries), top_k, thumb)
+    if rows is None:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    title = title if title is not None else f"{getattr(gt, 'name', '')} · top {top_k}"
+    draw_retrieval_grid(rows, thumb, title=title).save(path)
+    return path

@@ -18,7 +18,7 @@ from retrieval.evaluation.callback import RetrievalEvaluation
 from retrieval.evaluation.protocols import EvaluationResult
 from retrieval.tracking import relevance as rel
 from retrieval.tracking.embedding_plot import METHODS, plot_embeddings
-from retrieval.tracking.retrieval_grid import build_grid_rows, draw_retrieval_grid, pick_queries
+from retrieval.tracking.retrieval_grid import pick_queries, save_retrieval_grid
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ class RetrievalVisualisation(L.Callback):
         self._seen: EvaluationResult | None = None
         self._runs = 0  # validation runs drawn so far
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        order = [c for c in trainer.callbacks if isinstance(c, (RetrievalEvaluation, RetrievalVisualisation))]
+        if order and order[0] is self and len(order) > 1:
+            log.warning("RetrievalVisualisation is listed before RetrievalEvaluation: it would draw "
+                        "the previous validation's result; list it after retrieval_evaluation")
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         evaluator = next((c for c in trainer.callbacks if isinstance(c, RetrievalEvaluation)), None)
         if trainer.sanity_checking or evaluator is None or not trainer.is_global_zero:
@@ -48,6 +54,14 @@ class RetrievalVisualisation(L.Callback):
         if result is None or result is self._seen:  # skipped epoch (partial validation)
             return
         self._seen = result
+        try:
+            self._draw_and_log(trainer, evaluator, result)
+        except Exception as error:  # a plot must never end a long training run
+            log.warning("retrieval plots skipped: %s: %s", type(error).__name__, error)
+        self._runs += 1
+
+    def _draw_and_log(self, trainer: L.Trainer, evaluator: RetrievalEvaluation,
+                      result: EvaluationResult) -> None:
         gt = trainer.datamodule.eval_gt
         stage = trainer.state.fn.value if trainer.state.fn else "val"  # fit / validate
         tag = f"{self._runs:03d}_{stage}_epoch{trainer.current_epoch:03d}"
@@ -67,22 +81,15 @@ class RetrievalVisualisation(L.Callback):
             if png is not None:
                 for lg in loggers:
                     lg.log_image(f"{prefix}/embeddings", [str(png)], step=step, caption=[tag])
-        self._runs += 1
 
     def _embedding_due(self) -> bool:
         return bool(self.embedding_method) and self.embedding_every_n > 0 \
             and self._runs % self.embedding_every_n == 0
 
     def _grid(self, result: EvaluationResult, gt, tag: str) -> Path | None:
-        queries = pick_queries(len(result.rankings), self.n_queries)
-        rows = build_grid_rows(result, gt, queries, self.top_k, self.thumbnail_size)
-        if rows is None:
-            return None
-        path = self.dirpath / f"retrieval_grid_{tag}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        title = f"{getattr(gt, 'name', '')} · {tag} · top {self.top_k}"
-        draw_retrieval_grid(rows, self.thumbnail_size, title=title).save(path)
-        return path
+        return save_retrieval_grid(result, gt, self.dirpath / f"retrieval_grid_{tag}.png", self.n_queries,
+                                   self.top_k, self.thumbnail_size,
+                                   title=f"{getattr(gt, 'name', '')} · {tag} · top {self.top_k}")
 
 
 def per_query_rows(result: EvaluationResult, gt, max_rows: int = 1000) -> tuple[list[str], list[list]]:
