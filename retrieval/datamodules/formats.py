@@ -10,25 +10,50 @@ Both return a :class:`RetrievalGroundTruth`; every problem with the files raises
 """
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from pathlib import Path
 
 import numpy as np
+from rich.progress import track
 
 from retrieval.datamodules.ground_truth import Query, RetrievalGroundTruth
+from retrieval.datamodules.image_io import image_problem
 from retrieval.utils.errors import DatasetError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _QUERY_FILE = re.compile(r"^(?P<landmark>.+)_(?P<k>\d+)_query\.txt$")
 _OXFORD_PREFIX = "oxc1_"  # Oxford's query files name images with this prefix; Paris's do not
 
 
-def index_images(images_dir: Path) -> dict[str, Path]:
-    """Map image name (file stem) -> path for every image below ``images_dir``.
+def skip_unreadable(index: dict[str, Path], where: Path) -> dict[str, str]:
+    """Remove unreadable images from ``index`` (Paris6k ships about 20 corrupt files; an
+    interrupted extraction leaves truncated ones) with one warning naming them; returns
+    name -> reason for the skipped ones."""
+    problems = {}
+    for name, path in track(list(index.items()), description=f"checking images in {where.name}",
+                            disable=len(index) < 2000, transient=True):
+        if (problem := image_problem(path)) is not None:
+            problems[name] = problem
+    for name in problems:
+        del index[name]
+    if problems:
+        listed = "; ".join(f"{index_name} ({reason})" for index_name, reason in list(problems.items())[:25])
+        more = f" and {len(problems) - 25} more" if len(problems) > 25 else ""
+        log.warning("skipped %d unreadable image(s) in %s: %s%s", len(problems), where, listed, more)
+    return problems
+
+
+def index_images(images_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Map image name (file stem) -> path for every readable image below ``images_dir``,
+    and name -> reason for the unreadable ones.
 
     Recursive because Paris6k nests images in ``paris/<landmark>/`` while Oxford5k and the
-    revisited sets are flat.
+    revisited sets are flat. Unreadable files are left out with a warning
+    (:func:`skip_unreadable`); the ground-truth readers drop them from their lists too.
     """
     if not images_dir.is_dir():
         raise DatasetError(f"image folder {images_dir} does not exist")
@@ -38,14 +63,17 @@ def index_images(images_dir: Path) -> dict[str, Path]:
             index.setdefault(path.stem, path)
     if not index:
         raise DatasetError(f"image folder {images_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return index
+    skipped = skip_unreadable(index, images_dir)
+    if not index:
+        raise DatasetError(f"image folder {images_dir} holds no readable image")
+    return index, skipped
 
 
-def _read_name_list(path: Path, known: dict[str, Path]) -> list[str]:
+def _read_name_list(path: Path, known: dict[str, Path], skipped: dict[str, str] | None = None) -> list[str]:
     names = []
     for line_no, raw in enumerate(path.read_text().splitlines(), start=1):
         name = raw.strip()
-        if not name:
+        if not name or name in (skipped or {}):  # an unreadable image: warned about, left out
             continue
         if name not in known:
             raise DatasetError(
@@ -82,7 +110,7 @@ def load_classic_ground_truth(
     gt_path = root / gt_dir
     if not gt_path.is_dir():
         raise DatasetError(f"ground-truth folder {gt_path} does not exist")
-    images = index_images(root / images_dir)
+    images, skipped = index_images(root / images_dir)
     image_names = sorted(images)
     position = {n: i for i, n in enumerate(image_names)}
 
@@ -94,6 +122,9 @@ def load_classic_ground_truth(
         match = _QUERY_FILE.match(query_file.name)
         stem = query_file.name[: -len("_query.txt")]
         query_name, bbox = parse_query_line(query_file)
+        if query_name in skipped:
+            raise DatasetError(f"{query_file}:1 names query image '{query_name}', which is unreadable "
+                               f"({skipped[query_name]}); re-download the dataset")
         if query_name not in images:
             raise DatasetError(f"{query_file}:1 names query image '{query_name}', which is not in {root / images_dir}")
         labels = {}
@@ -102,7 +133,7 @@ def load_classic_ground_truth(
             if not label_file.is_file():
                 raise DatasetError(f"{label_file} is missing (every query needs good, ok and junk files)")
             labels[label] = np.asarray(
-                sorted(position[n] for n in _read_name_list(label_file, images)), dtype=np.int64
+                sorted(position[n] for n in _read_name_list(label_file, images, skipped)), dtype=np.int64
             )
         if labels["good"].size + labels["ok"].size == 0:
             raise DatasetError(f"query {stem}: both {stem}_good.txt and {stem}_ok.txt are empty")
@@ -128,7 +159,11 @@ def load_revisited_ground_truth(
                            f"(dict with imlist, qimlist, gnd): {error!r}") from None
     if len(gnd) != len(qimlist):
         raise DatasetError(f"{pkl_path}: {len(qimlist)} query names but {len(gnd)} gnd entries")
-    images = index_images(root / images_dir)
+    images, skipped = index_images(root / images_dir)
+    unreadable = [f"{n} ({skipped[n]})" for n in list(imlist) + list(qimlist) if n in skipped]
+    if unreadable:  # the revisited lists index images by position: none may go missing
+        raise DatasetError(f"{pkl_path} lists {len(unreadable)} unreadable images, e.g. "
+                           f"{unreadable[:3]}; re-download {root / images_dir}")
     missing = [n for n in list(imlist) + list(qimlist) if n not in images]
     if missing:
         raise DatasetError(f"{pkl_path} names {len(missing)} images not in {root / images_dir}, "
