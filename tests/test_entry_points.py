@@ -77,6 +77,8 @@ def test_evaluate_checkpoint_writes_json(tiny_data, trained_run):
     assert len(report["checkpoint_sha256"]) == 64
     assert report["config"]["dataset"]["name"] == "oxford5k"
     assert "mAP" in result.stdout
+    # the plots of the evaluated embeddings land beside the JSON
+    assert (tmp / "embeddings_tsne.png").is_file() and (tmp / "retrieval_grid.png").is_file()
 
 
 def test_evaluate_refuses_a_checkpoint_of_another_model(tiny_data, trained_run):

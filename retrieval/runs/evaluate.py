@@ -30,6 +30,8 @@ from retrieval.runs.report import print_comparison
 from retrieval.runs.train import LEAK_WARNING
 from retrieval.runs.variants import Variant, compose_variants, describe, plain
 from retrieval.serving.embed import embed_dataset
+from retrieval.tracking.embedding_plot import plot_embeddings
+from retrieval.tracking.retrieval_grid import save_retrieval_grid
 from retrieval.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -191,8 +193,13 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = (), confi
     if datamodule.evaluates_on_training_anchors and any(
             v.cfg.ckpt_path or v.cfg.whitening.fit_on == "train" for v in variants):
         print(LEAK_WARNING)
-    # Reports built from the ranked embeddings (plots, ...) go here: `results` maps each
-    # variant's name to its EvaluationResult (query/database embeddings, rankings, metrics).
+    if cfg.get("embedding_plot"):  # plots of the run's own row, beside metrics.json
+        own, out_dir = results[variants[0].name], Path(cfg.output_json).parent
+        for plot in (plot_embeddings(own, datamodule.eval_gt, out_dir / f"embeddings_{cfg.embedding_plot}.png",
+                                     method=cfg.embedding_plot, seed=cfg.seed),
+                     save_retrieval_grid(own, datamodule.eval_gt, out_dir / "retrieval_grid.png")):
+            if plot is not None:
+                print(f"plot written to {plot}")
 
     main = entries[variants[0].name]
     report = {
