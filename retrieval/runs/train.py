@@ -7,9 +7,11 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from retrieval.evaluation.callback import RetrievalEvaluation
+from retrieval.mining.online import check_mining_fits
 from retrieval.runs.build import build_datamodule, build_model, build_trainer, instantiate_group
 from retrieval.runs.report import print_metrics
 
@@ -27,6 +29,8 @@ def train(cfg: DictConfig) -> float | None:
     """Run one training job; returns ``cfg.optimized_metric`` of the final evaluation."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
+    # e.g. mining=batch_hard with a landmark set or mining=ssim with a class set: say so now
+    check_mining_fits(datamodule, instantiate(cfg.mining) if cfg.get("mining") else None)
     model = build_model(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
@@ -55,10 +59,12 @@ def train(cfg: DictConfig) -> float | None:
         print_metrics(results, f"{datamodule.name}: retrieval metrics (%)")
         if datamodule.evaluates_on_training_anchors:
             print(LEAK_WARNING)
-        if {"untrained", "trained"} <= results.keys() and "mAP" in results["trained"]:
-            gain = results["trained"]["mAP"] - results["untrained"]["mAP"]
-            print(f"mAP untrained {results['untrained']['mAP']:.4f} -> trained "
-                  f"{results['trained']['mAP']:.4f} ({gain:+.4f})")
+        # R@1: the headline of class-labelled sets (their "mAP" is MAP@R)
+        for key in ("mAP", "R@1"):
+            if {"untrained", "trained"} <= results.keys() and key in results["trained"]:
+                gain = results["trained"][key] - results["untrained"][key]
+                print(f"{key} untrained {results['untrained'][key]:.4f} -> trained "
+                      f"{results['trained'][key]:.4f} ({gain:+.4f})")
         out = Path(cfg.paths.output_dir) / "metrics.json"
         out.write_text(json.dumps({"results": results, "best_checkpoint":
                                    checkpoint.best_model_path if checkpoint else None}, indent=2))
