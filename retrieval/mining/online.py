@@ -48,7 +48,8 @@ def class_set_miner(mining: BaseMiner | MinerFactory | Callable | None) -> BaseM
         return mining
     if is_online_miner(mining):
         return mining()
-    name = getattr(getattr(mining, "func", mining), "__name__", repr(mining))
+    target = getattr(mining, "func", mining)  # a partial's function, or the object itself
+    name = getattr(target, "__name__", type(target).__name__)
     raise UserFacingError(f"the configured miner ({name}) mines negative pools for the queries of "
                           f"a landmark set; class-labelled sets (dataset=folder|csv) choose "
                           f"negatives inside each P×K batch: use {CLASS_SET_OPTIONS}")
