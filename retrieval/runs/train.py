@@ -55,7 +55,7 @@ def train(cfg: DictConfig) -> float | None:
         best = checkpoint.best_model_path if checkpoint is not None else ""
         evaluate("trained" if cfg.train else "checkpoint", best or (None if cfg.train else cfg.ckpt_path))
 
-    if results:
+    if results and trainer.is_global_zero:  # one report and one metrics.json, not one per process
         print_metrics(results, f"{datamodule.name}: retrieval metrics (%)")
         if datamodule.evaluates_on_training_anchors:
             print(LEAK_WARNING)
