@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from retrieval.models.backbone import create_backbone
 from retrieval.models.losses import cosine_distance, euclidean, squared_euclidean
-from retrieval.utils.errors import WeightsError
+from retrieval.utils.errors import UserFacingError, WeightsError
 from tests.test_configs import compose_cfg
 from tests.test_entry_points import run, small_run, tiny_data  # noqa: F401  (fixture)
 
@@ -77,3 +77,26 @@ def test_bf16_channels_last_compile_linear_head_train(tiny_data, tmp_path):  # n
                  "trainer.precision=bf16-mixed", "model.channels_last=true", "model.compile=true",
                  "+model.compile_options.backend=eager", "head=linear", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_whitening_head_starts_from_a_fitted_whitening(tmp_path):
+    import numpy as np
+
+    from retrieval.evaluation.whitening import fit_whitening
+    from retrieval.models.projection import WhiteningProjection
+
+    rng = np.random.default_rng(0)
+    descriptors = rng.normal(size=(200, 16)).astype(np.float32) @ rng.normal(size=(16, 16)).astype(np.float32)
+    whitening = fit_whitening(descriptors, dim=8)
+    np.savez(tmp_path / "whitening.npz", **whitening.to_dict())
+    layer = WhiteningProjection(init_from=tmp_path / "whitening.npz")
+    x = descriptors[:5]
+    assert np.allclose(layer(torch.from_numpy(x)).detach().numpy(), whitening.transform(x), atol=1e-4)
+    identity = WhiteningProjection(in_features=16)
+    assert torch.equal(identity(torch.from_numpy(x)), torch.from_numpy(x))
+    np.savez(tmp_path / "power.npz", **fit_whitening(descriptors, dim=8, power=0.5).to_dict())
+    with pytest.raises(UserFacingError, match="power normalisation"):
+        WhiteningProjection(init_from=tmp_path / "power.npz")
+    cfg = compose_cfg("train.yaml", ["head=whitening", "model.net.projection.in_features=512",
+                                     "model.net.backbone.name=resnet18"])
+    assert instantiate(cfg.model)(torch.zeros(2, 3, 64, 64)).shape == (2, 512)
