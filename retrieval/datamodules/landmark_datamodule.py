@@ -129,12 +129,15 @@ class LandmarkDataModule(L.LightningDataModule):
             module = self.trainer.lightning_module if self.trainer is not None else None
             if module is None:
                 raise ValueError("mining=current_model needs the model: use the datamodule in a Trainer")
-            bboxes = [q.bbox if self.train_anchor_crop else None for q in self.gt.queries]
             self.negative_pools = self.negative_pools_fn(
                 self.gt, model=module, epoch=epoch, seed=self.seed, image_size=self.image_size,
-                query_bboxes=bboxes, held_out=self.protocol.held_out_images)
+                query_bboxes=self._anchor_bboxes(), held_out=self.protocol.held_out_images)
             self._pools_epoch = epoch
         return self.negative_pools
+
+    def _anchor_bboxes(self) -> list:
+        """Training anchors: the full query image, as the reference, or its box."""
+        return [q.bbox if self.train_anchor_crop else None for q in self.gt.queries]
 
     # ------------------------------------------------------------ dataloaders
     def _triplets(self, pairs: np.ndarray, epoch: int, augment: bool,
@@ -143,11 +146,9 @@ class LandmarkDataModule(L.LightningDataModule):
         if limit is not None and len(pairs) > limit:
             rng = np.random.default_rng([self.seed, epoch, 1])
             pairs = pairs[np.sort(rng.choice(len(pairs), size=limit, replace=False))]
-        queries = self.gt.queries
-        bboxes = [q.bbox if self.train_anchor_crop else None for q in queries]
         transform = (train_transform(self.image_size, self.augmentations) if augment
                      else eval_transform(self.image_size))
-        return TripletDataset([q.path for q in queries], bboxes, self.gt.image_paths,
+        return TripletDataset([q.path for q in self.gt.queries], self._anchor_bboxes(), self.gt.image_paths,
                               draw_triplets(pairs, self._pools(mining_epoch), self.seed, epoch), transform, seed)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool,

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_metric_learning.miners import BaseMiner
 from torch import nn
 
@@ -32,14 +31,10 @@ class ClassMetricModule(TripletRetrievalModule):
                  miner: BaseMiner | Callable | None = None, **options) -> None:
         # options: the triplet module's own switches (channels_last, ...), passed through
         super().__init__(net, loss, optimizer, scheduler, **options)
-        # Checkpoints must load with torch.load(weights_only=True), so hyper-parameters stay
-        # plain values. The parent's save_hyperparameters collects the arguments of every
-        # __init__ of this object, this one's too: drop the miner (the run's config holds the
-        # mining choice), and turn config containers (compile_options) into dicts/lists.
+        # The parent's save_hyperparameters collects the arguments of every __init__ of this
+        # object, this one's too, and checkpoints keep plain values only: drop the miner
+        # (the run's config holds the mining choice).
         self.hparams.pop("miner", None)
-        for key, value in list(self.hparams.items()):
-            if isinstance(value, (DictConfig, ListConfig)):
-                self.hparams[key] = OmegaConf.to_container(value, resolve=True)
         self.miner = class_set_miner(miner)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
@@ -22,11 +23,13 @@ class TripletRetrievalModule(L.LightningModule):
                  scheduler: SchedulerFactory | None = None, channels_last: bool = False,
                  compile: bool = False, compile_options: dict | None = None) -> None:
         super().__init__()
-        # Only plain values go into the checkpoint: factories (Hydra partials) would make it
-        # unloadable with torch.load(weights_only=True). The run's config holds them anyway.
-        # a plain dict, not Hydra's DictConfig: checkpoints must load with weights_only=True
-        compile_options = {str(k): v for k, v in (compile_options or {}).items()}
+        # Only plain values go into the checkpoint, so that it loads with
+        # torch.load(weights_only=True): no factories (Hydra partials; the run's config holds
+        # them anyway) and no Hydra containers (compile_options, subclasses' options).
         self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
+        for key, value in list(self.hparams.items()):
+            if isinstance(value, (DictConfig, ListConfig)):
+                self.hparams[key] = OmegaConf.to_container(value, resolve=True)
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._configured = False
