@@ -99,7 +99,7 @@ def live_server(app_service) -> Iterator[str]:
 
 # ---------------------------------------------------------------------------------------
 # End-to-end runs of the entry scripts (train.py ...) as subprocesses, on a tiny generated
-# VGG-layout set. Used by the tracking and sweep tests; test_entry_points.py may use them too.
+# VGG-layout set, for every test that runs an entry point.
 # ---------------------------------------------------------------------------------------
 import os  # noqa: E402
 import subprocess  # noqa: E402
@@ -110,11 +110,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def run_script(script: str, *overrides: str, cwd: Path, env: dict[str, str] | None = None,
                timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python <repo>/<script> <overrides>`` in ``cwd``; W&B offline, its caches in ``cwd``
-    (offline artifacts are staged under the W&B data dir, which must not be the user's)."""
+    """``python <repo>/<script> <overrides>`` in ``cwd`` (``script`` ``-m``: the first override
+    names a module); W&B offline, its caches in ``cwd`` (offline artifacts are staged under
+    the W&B data dir, which must not be the user's)."""
     wandb_env = {"WANDB_MODE": "offline", "WANDB_DIR": str(cwd), "WANDB_CACHE_DIR": str(cwd / ".wandb-cache"),
                  "WANDB_DATA_DIR": str(cwd / ".wandb-data"), "WANDB_CONFIG_DIR": str(cwd / ".wandb-config")}
-    return subprocess.run([sys.executable, str(REPO_ROOT / script), *overrides], cwd=cwd,
+    command = [sys.executable, "-m"] if script == "-m" else [sys.executable, str(REPO_ROOT / script)]
+    return subprocess.run([*command, *overrides], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **wandb_env, **(env or {})})
 
@@ -132,3 +134,10 @@ def tiny_run(data: Path, logs: Path, *extra: str) -> list[str]:
     return [f"paths.data_dir={data}", f"paths.log_dir={logs}", "dataset=oxford5k",
             "dataset.image_size=32", "dataset.num_workers=0", "model.net.backbone.name=resnet18",
             "trainer.max_epochs=1", *extra]
+
+
+def small_run(data: Path, tmp: Path) -> list[str]:
+    """Overrides for a small run at 64 px (resnet18), logging under ``tmp/logs``; epochs as
+    the test needs them."""
+    return [f"paths.data_dir={data}", f"paths.log_dir={tmp / 'logs'}", "dataset=oxford5k",
+            "dataset.image_size=64", "dataset.num_workers=0", "model.net.backbone.name=resnet18"]

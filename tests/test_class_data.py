@@ -18,7 +18,7 @@ from retrieval.datamodules.toy_classes import write_toy_classes
 from retrieval.models.metric_module import ClassMetricModule
 from retrieval.utils.errors import DatasetError
 from tests.test_configs import compose_cfg
-from tests.test_entry_points import run
+from tests.conftest import run_script as run
 
 N_CLASSES, PER_CLASS = 6, 8
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_entry_points import run
+from tests.conftest import run_script as run
 
 pytestmark = pytest.mark.slow
 

@@ -2,33 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_formats import write_vgg
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(script: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``script`` is a file in the repo, or ``-m`` followed by a module in ``overrides``."""
-    command = [sys.executable, script] if script == "-m" else [sys.executable, str(ROOT / script)]
-    return subprocess.run([*command, *overrides], cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("data")
-    write_vgg(data / "oxford5k")
-    return data
-
-
-def small_run(data: Path, tmp: Path) -> list[str]:
-    return [f"paths.data_dir={data}", f"paths.log_dir={tmp / 'logs'}", "dataset=oxford5k",
-            "dataset.image_size=64", "dataset.num_workers=0", "model.net.backbone.name=resnet18"]
+from tests.conftest import REPO_ROOT as ROOT
+from tests.conftest import run_script as run
+from tests.conftest import small_run
 
 
 def test_missing_dataset_exits_with_one_paragraph(tmp_path):
@@ -41,16 +21,16 @@ def test_missing_dataset_exits_with_one_paragraph(tmp_path):
     assert "dataset=toy" in message
 
 
-def test_fast_dev_run_trains_one_batch(tiny_data, tmp_path):
-    result = run("train.py", *small_run(tiny_data, tmp_path), "debug=fast", cwd=tmp_path)
+def test_fast_dev_run_trains_one_batch(tiny_landmarks, tmp_path):
+    result = run("train.py", *small_run(tiny_landmarks, tmp_path), "debug=fast", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fast_dev_run" in result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_data, tmp_path_factory) -> tuple[Path, Path]:
+def trained_run(tiny_landmarks, tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("train")
-    result = run("train.py", *small_run(tiny_data, tmp), "trainer.max_epochs=1", cwd=tmp)
+    result = run("train.py", *small_run(tiny_landmarks, tmp), "trainer.max_epochs=1", cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp, next((tmp / "logs" / "train" / "runs").iterdir())
 
@@ -63,10 +43,10 @@ def test_training_reports_untrained_and_trained_metrics(trained_run):
     assert (run_dir / "csv" / "metrics.csv").read_text().count("val/mAP") == 1  # header
 
 
-def test_evaluate_checkpoint_writes_json(tiny_data, trained_run):
+def test_evaluate_checkpoint_writes_json(tiny_landmarks, trained_run):
     tmp, run_dir = trained_run
     out = tmp / "eval.json"
-    result = run("evaluate.py", *small_run(tiny_data, tmp), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+    result = run("evaluate.py", *small_run(tiny_landmarks, tmp), f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
                  f"output_json={out}", cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -81,24 +61,24 @@ def test_evaluate_checkpoint_writes_json(tiny_data, trained_run):
     assert (tmp / "embeddings_tsne.png").is_file() and (tmp / "retrieval_grid.png").is_file()
 
 
-def test_evaluate_refuses_a_checkpoint_of_another_model(tiny_data, trained_run):
+def test_evaluate_refuses_a_checkpoint_of_another_model(tiny_landmarks, trained_run):
     tmp, run_dir = trained_run
-    result = run("evaluate.py", *small_run(tiny_data, tmp), "model.net.backbone.name=resnet34",
+    result = run("evaluate.py", *small_run(tiny_landmarks, tmp), "model.net.backbone.name=resnet34",
                  f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", cwd=tmp)
     assert result.returncode == 2
     assert "does not match the configured model" in result.stderr
 
 
-def test_ssim_mining_feeds_training(tiny_data, tmp_path):
+def test_ssim_mining_feeds_training(tiny_landmarks, tmp_path):
     """mining=ssim end to end: pools mined and cached, triplets drawn from them."""
-    result = run("train.py", *small_run(tiny_data, tmp_path), "debug=fast", "mining=ssim",
+    result = run("train.py", *small_run(tiny_landmarks, tmp_path), "debug=fast", "mining=ssim",
                  "mining.crop_size=24", "mining.top_k=3", f"paths.cache_dir={tmp_path / 'cache'}",
                  cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     query_files = list((tmp_path / "cache").rglob("ssim-*/*.json"))
     assert sorted(f.stem for f in query_files if f.name != "index.json") == [
         "arch_000000", "arch_000001", "tower_000000", "tower_000001"]  # one per query
-    result = run("-m", "retrieval.mining", "dataset=oxford5k", f"paths.data_dir={tiny_data}",
+    result = run("-m", "retrieval.mining", "dataset=oxford5k", f"paths.data_dir={tiny_landmarks}",
                  f"paths.log_dir={tmp_path / 'logs'}", "mining.crop_size=24", "mining.top_k=3",
                  f"paths.cache_dir={tmp_path / 'cache'}", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]

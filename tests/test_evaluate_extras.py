@@ -22,7 +22,7 @@ from retrieval.runs.report import comparison_table
 from retrieval.runs.variants import compose_variants
 from retrieval.utils.errors import UserFacingError
 from tests.test_configs import compose_cfg
-from tests.test_entry_points import run
+from tests.conftest import run_script as run
 
 # the tiny VGG set of conftest's small_vgg_root, a resnet18 at 64 px, all on the CPU (the
 # callback runs float32 there; embed_batch would use bf16 autocast on a GPU)

@@ -9,7 +9,8 @@ from hydra.utils import instantiate
 
 from retrieval.models.export import export, max_abs_difference
 from tests.test_configs import compose_cfg
-from tests.test_entry_points import ROOT, run
+from tests.conftest import REPO_ROOT as ROOT
+from tests.conftest import run_script as run
 
 
 def _checkpoint(tmp_path: Path, pooling: str) -> tuple[Path, list[str]]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from retrieval.mining.model_negatives import hardest_negatives
-from tests.test_entry_points import run, small_run, tiny_data  # noqa: F401  (fixture)
+from tests.conftest import run_script as run
+from tests.conftest import small_run
 
 
 def test_hardest_negatives_equal_a_brute_force_selection():
@@ -21,8 +22,8 @@ def test_hardest_negatives_equal_a_brute_force_selection():
     assert len(hardest_negatives(queries[:1], database[:3], candidates[:3], [candidates[:1]], 10)[0]) == 2
 
 
-def test_current_model_mining_trains(tiny_data, tmp_path):  # noqa: F811
-    result = run("train.py", *small_run(tiny_data, tmp_path), "debug=fast", "logger=csv",
+def test_current_model_mining_trains(tiny_landmarks, tmp_path):
+    result = run("train.py", *small_run(tiny_landmarks, tmp_path), "debug=fast", "logger=csv",
                  "mining=current_model", "mining.top_k=3", "mining.pool_size=8", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "re-mined 3 hardest negatives per query among 8 images" in result.stdout + result.stderr

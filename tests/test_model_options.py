@@ -15,7 +15,8 @@ from retrieval.models.backbone import create_backbone
 from retrieval.models.losses import cosine_distance, euclidean, squared_euclidean
 from retrieval.utils.errors import UserFacingError, WeightsError
 from tests.test_configs import compose_cfg
-from tests.test_entry_points import run, small_run, tiny_data  # noqa: F401  (fixture)
+from tests.conftest import run_script as run
+from tests.conftest import small_run
 
 
 def test_local_weights_load_into_the_headless_backbone(tmp_path):
@@ -71,9 +72,9 @@ def test_linear_head_is_sized_before_the_optimizer_sees_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_bf16_channels_last_compile_linear_head_train(tiny_data, tmp_path):  # noqa: F811
+def test_bf16_channels_last_compile_linear_head_train(tiny_landmarks, tmp_path):
     # the eager backend exercises torch.compile's code path without a C++ toolchain's minutes
-    result = run("train.py", *small_run(tiny_data, tmp_path), "debug=fast", "logger=csv",
+    result = run("train.py", *small_run(tiny_landmarks, tmp_path), "debug=fast", "logger=csv",
                  "trainer.precision=bf16-mixed", "model.channels_last=true", "model.compile=true",
                  "+model.compile_options.backend=eager", "head=linear", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_entry_points import run, small_run, tiny_data  # noqa: F401  (fixture)
+from tests.conftest import run_script as run
+from tests.conftest import small_run
 
 # augmentations on, so that the RNG of the transforms matters too
 SETTINGS = ["augmentation=seed", "trainer.deterministic=true", "evaluate_before=false",
@@ -31,10 +32,10 @@ def _epoch_metrics(run_dir: Path, epoch: int) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_resumed_run_equals_uninterrupted_run(tiny_data, tmp_path):  # noqa: F811
-    full = _train(tiny_data, tmp_path / "full", "trainer.max_epochs=2")
-    first = _train(tiny_data, tmp_path / "first", "trainer.max_epochs=1")
-    resumed = _train(tiny_data, tmp_path / "resumed", "trainer.max_epochs=2",
+def test_resumed_run_equals_uninterrupted_run(tiny_landmarks, tmp_path):
+    full = _train(tiny_landmarks, tmp_path / "full", "trainer.max_epochs=2")
+    first = _train(tiny_landmarks, tmp_path / "first", "trainer.max_epochs=1")
+    resumed = _train(tiny_landmarks, tmp_path / "resumed", "trainer.max_epochs=2",
                      f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
     expected, got = _epoch_metrics(full, 1), _epoch_metrics(resumed, 1)
     assert {"train/loss_epoch", "val/mAP", "val/loss"} <= expected.keys()
