@@ -35,7 +35,7 @@ from retrieval.datamodules.transforms import eval_transform
 from retrieval.models.embedding import EmbeddingNetwork
 from retrieval.models.losses import squared_euclidean
 from retrieval.models.pooling import GeM
-from retrieval.serving.embed import embed_dataset
+from retrieval.models.inference import embed_dataset
 
 
 def network(backbone: str, device: torch.device) -> EmbeddingNetwork:

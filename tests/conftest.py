@@ -38,7 +38,7 @@ def small_vgg_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_database(small_vgg_root, tmp_path_factory) -> Path:
     """A database of ``small_vgg_root`` built with a seeded random resnet18 checkpoint."""
-    from retrieval.serving.database import build_database
+    from retrieval.pipelines.database import build_database
 
     tmp = tmp_path_factory.mktemp("small_db")
     cfg = compose_cfg("database.yaml", [*SMALL_DB, f"paths.data_dir={small_vgg_root.parent}",

@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from retrieval.datamodules.formats import load_classic_ground_truth
+from retrieval.data.landmark_formats import load_classic_ground_truth
 from retrieval.evaluation.protocols import evaluate_embeddings
 from retrieval.serving.app import SearchService, create_app
 

@@ -19,8 +19,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from retrieval.serving.app import AppSettings, SearchService, create_app
-from retrieval.serving.app.__main__ import load_service
-from retrieval.serving.app.__main__ import main as app_main
+from retrieval.pipelines.app import load_service
+from retrieval.pipelines.app import main as app_main
 from retrieval.serving.database import DatabaseError
 from retrieval.utils.errors import UserFacingError
 from tests.test_app import search
@@ -38,7 +38,7 @@ def test_cli_serves_on_the_configured_port(small_database, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "retrieval.serving.app", f"db={small_database}",
+    server = subprocess.Popen([sys.executable, "-m", "retrieval.pipelines.app", f"db={small_database}",
                                f"port={port}", "log_level=warning"],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -61,7 +61,7 @@ def test_cli_refuses_a_missing_database_in_one_paragraph(tmp_path, capsys):
         app_main(app_cfg([f"db={tmp_path / 'nope'}"]))  # a cfg skips Hydra's parsing, nothing else
     message = capsys.readouterr().err
     assert exit_info.value.code == 2 and f"{tmp_path / 'nope'} does not exist" in message
-    assert "build one with python -m retrieval.serving.database build" in message
+    assert "build one with retrieval-database build" in message
     assert "Traceback" not in message
 
 

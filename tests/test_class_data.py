@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from retrieval.datamodules.class_datamodule import ClassDataModule, split_items
-from retrieval.datamodules.class_formats import read_class_csv, read_class_folders
-from retrieval.datamodules.toy_classes import write_toy_classes
-from retrieval.models.metric_module import ClassMetricModule
+from retrieval.data.class_formats import read_class_csv, read_class_folders
+from retrieval.acquisition.toy_classes import write_toy_classes
+from retrieval.training.class_metric_module import ClassMetricModule
 from retrieval.utils.errors import DatasetError
 from tests.test_configs import compose_cfg
 from tests.conftest import run_script as run
@@ -133,9 +133,9 @@ def test_bad_csv_lists_every_problem_at_once(csv_dir):
 def test_missing_csv_and_unset_paths(tmp_path):
     with pytest.raises(DatasetError, match=r"nothing.csv does not exist \(dataset.csv=FILE\)"):
         read_class_csv(tmp_path / "nothing.csv")
-    with pytest.raises(DatasetError, match=r"dataset=csv needs dataset.csv=FILE.*toy_classes --root DIR"):
+    with pytest.raises(DatasetError, match=r"dataset=csv needs dataset.csv=FILE.*dataset=toy_classes"):
         read_class_csv(None)
-    with pytest.raises(DatasetError, match=r"dataset=folder needs dataset.root=DIR.*toy_classes --root DIR"):
+    with pytest.raises(DatasetError, match=r"dataset=folder needs dataset.root=DIR.*dataset=toy_classes"):
         read_class_folders(None)
 
 

@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval.datamodules.class_ground_truth import ClassGroundTruth
-from retrieval.evaluation.callback import RetrievalEvaluation
+from retrieval.data.class_ground_truth import ClassGroundTruth
+from retrieval.training.evaluation_callback import RetrievalEvaluation
 from retrieval.evaluation.metrics import class_metrics, map_at_r
 from retrieval.evaluation.protocols import (
     cosine_similarity,

@@ -21,11 +21,12 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from retrieval.datamodules.archives import safe_extract
-from retrieval.datamodules.fetch import FetchOptions
-from retrieval.datamodules.download import DATASETS, download_dataset, main
-from retrieval.datamodules.formats import load_classic_ground_truth, load_revisited_ground_truth
+from retrieval.acquisition.archives import safe_extract
+from retrieval.acquisition.fetch import FetchOptions
+from retrieval.acquisition.download import DATASETS, download_dataset
+from retrieval.data.landmark_formats import load_classic_ground_truth, load_revisited_ground_truth
 from retrieval.utils.errors import DatasetError
+from tests.conftest import run_script
 
 FAST = FetchOptions(retries=2, backoff_s=0.0, timeout_s=5.0, quiet=True)
 OX_IMAGES, OX_GT = "oxbuild_images-v1.tgz", "gt_files_170407.tgz"
@@ -371,10 +372,10 @@ def test_without_network_the_command_says_so_and_how_to_place_files(tmp_path, ca
     with socket.socket() as probe:  # a port nothing listens on: connections are refused
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["oxford5k", "--root", str(tmp_path), "--mirror", dead, "--quiet", "--retries", "3"])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "Traceback" not in err
+    result = run_script("-m", "retrieval.pipelines.download", "dataset=oxford5k", f"paths.data_dir={tmp_path}",
+                 f"mirror={dead}", "quiet=true", "retries=3", cwd=tmp_path)
+    err = result.stderr
+    assert result.returncode == 2 and "Traceback" not in err
     assert "impossible from here" in err and OX_IMAGES in err
     assert str(tmp_path / "oxford5k" / "archives") in err
 
@@ -389,11 +390,9 @@ def test_without_network_the_command_says_so_and_how_to_place_files(tmp_path, ca
     assert len(load_classic_ground_truth(tmp_path / "oxford5k", "oxford5k").queries) == 4
 
 
-def test_help_lists_every_dataset_with_its_size_and_sources(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    out = capsys.readouterr().out
-    assert exit_info.value.code == 0
+def test_without_a_dataset_the_command_lists_every_dataset_with_its_size_and_sources(tmp_path):
+    result = run_script("-m", "retrieval.pipelines.download", cwd=tmp_path)
+    out = result.stdout
     for name in DATASETS:
         assert re.search(rf"{name}\s+~[\d.]+ GB", out)
     for source in ("oxbuild_images-v1.tgz", "gt_files_170407.tgz", "paris_1-v1.tgz", "paris_2-v1.tgz",

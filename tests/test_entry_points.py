@@ -78,7 +78,7 @@ def test_ssim_mining_feeds_training(tiny_landmarks, tmp_path):
     query_files = list((tmp_path / "cache").rglob("ssim-*/*.json"))
     assert sorted(f.stem for f in query_files if f.name != "index.json") == [
         "arch_000000", "arch_000001", "tower_000000", "tower_000001"]  # one per query
-    result = run("-m", "retrieval.mining", "dataset=oxford5k", f"paths.data_dir={tiny_landmarks}",
+    result = run("-m", "retrieval.pipelines.mine", "dataset=oxford5k", f"paths.data_dir={tiny_landmarks}",
                  f"paths.log_dir={tmp_path / 'logs'}", "mining.crop_size=24", "mining.top_k=3",
                  f"paths.cache_dir={tmp_path / 'cache'}", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -11,15 +11,15 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from retrieval.evaluation.callback import RetrievalEvaluation
+from retrieval.training.evaluation_callback import RetrievalEvaluation
 from retrieval.evaluation.learned_whitening import fit_learned_whitening
 from retrieval.evaluation.query_expansion import alpha_query_expansion, database_side_augmentation
 from retrieval.evaluation.whitening import l2_normalize
 from retrieval.models.pooling import RMAC, rmac_regions
-from retrieval.runs.build import build_datamodule, build_model
-from retrieval.runs.evaluate import evaluate
-from retrieval.runs.report import comparison_table
-from retrieval.runs.variants import compose_variants
+from retrieval.pipelines.build import build_datamodule, build_model
+from retrieval.pipelines.evaluate import evaluate
+from retrieval.pipelines.report import comparison_table
+from retrieval.pipelines.variants import compose_variants
 from retrieval.utils.errors import UserFacingError
 from tests.test_configs import compose_cfg
 from tests.conftest import run_script as run

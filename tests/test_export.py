@@ -7,7 +7,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from retrieval.models.export import export, max_abs_difference
+from retrieval.models.export import max_abs_difference
+from retrieval.pipelines.export import export
 from tests.test_configs import compose_cfg
 from tests.conftest import REPO_ROOT as ROOT
 from tests.conftest import run_script as run
@@ -48,10 +49,10 @@ def test_parity_check_catches_a_different_network(tmp_path):
 
 def test_export_cli(tmp_path):
     ckpt, overrides = _checkpoint(tmp_path, "gem")
-    result = run("-m", "retrieval.models.export", *overrides, f"ckpt_path={ckpt}", "format=torchscript",
+    result = run("-m", "retrieval.pipelines.export", *overrides, f"ckpt_path={ckpt}", "format=torchscript",
                  f"output={tmp_path / 'net.pt'}", f"paths.log_dir={tmp_path}", cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "parity: max |exported - pytorch|" in result.stdout and (tmp_path / "net.pt").is_file()
-    result = run("-m", "retrieval.models.export", *overrides, f"ckpt_path={tmp_path / 'nope.ckpt'}",
+    result = run("-m", "retrieval.pipelines.export", *overrides, f"ckpt_path={tmp_path / 'nope.ckpt'}",
                  f"paths.log_dir={tmp_path}", cwd=ROOT)
     assert result.returncode == 2 and "nope.ckpt does not exist" in result.stderr

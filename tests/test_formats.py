@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.datamodules.formats import load_classic_ground_truth, load_revisited_ground_truth
+from retrieval.data.landmark_formats import load_classic_ground_truth, load_revisited_ground_truth
 from retrieval.utils.errors import DatasetError
 
 

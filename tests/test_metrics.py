@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval.datamodules.ground_truth import Query
+from retrieval.data.ground_truth import Query
 from retrieval.evaluation.metrics import (
     average_precisions, classic_metrics, leave_one_out_metrics, map_at_k, precision_at_k,
     precision_at_ks, rank_by_similarity, recall_at_k, reference_ap_at_k, revisited_metrics,

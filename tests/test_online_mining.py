@@ -20,7 +20,7 @@ from retrieval.evaluation.metrics import recall_at_k
 from retrieval.mining.online import check_mining_fits, class_set_miner, mine_triplets
 from retrieval.mining.pools import random_negative_pools, ssim_negative_pools
 from retrieval.models.losses import squared_euclidean
-from retrieval.models.metric_module import ClassMetricModule
+from retrieval.training.class_metric_module import ClassMetricModule
 from retrieval.utils.errors import UserFacingError
 from tests.test_configs import compose_cfg
 

@@ -18,7 +18,8 @@ from PIL import Image
 from retrieval.evaluation.whitening import fit_whitening, l2_normalize
 from retrieval.serving.database import (CheckpointMismatchError, DatabaseArtifact, DatabaseError,
                                         load_database)
-from retrieval.serving.query import DatabaseSearcher, run_query
+from retrieval.pipelines.query import run_query
+from retrieval.serving.searcher import DatabaseSearcher
 from retrieval.serving.search import SearchIndex
 from retrieval.utils.errors import UserFacingError
 from tests.test_configs import compose_cfg
@@ -56,7 +57,7 @@ def built(data, tmp_path_factory) -> tuple[Path, Path, Path]:
     """(database dir, its checkpoint, the run folder), built through the CLI as a user would."""
     tmp = tmp_path_factory.mktemp("build")
     ckpt = save_checkpoint(tmp / "model.ckpt", seed=0)
-    result = run_module("retrieval.serving.database", "build", *SMALL, f"ckpt_path={ckpt}",
+    result = run_module("retrieval.pipelines.database", "build", *SMALL, f"ckpt_path={ckpt}",
                         f"paths.data_dir={data}", f"paths.log_dir={tmp / 'logs'}",
                         f"db_dir={tmp / 'db'}", "dtype=float32", cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -168,7 +169,7 @@ def test_other_checkpoint_is_refused(built):
 def test_query_cli_prints_json(built, data, tmp_path):
     db, _, _ = built
     image = data / "oxford5k" / "jpg" / "tower_000002.jpg"
-    result = run_module("retrieval.serving.query", f"image={image}", f"db={db}", "k=4", "--json", cwd=tmp_path)
+    result = run_module("retrieval.pipelines.query", f"image={image}", f"db={db}", "k=4", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     matches = json.loads(result.stdout)
     assert [m["rank"] for m in matches] == [1, 2, 3, 4]

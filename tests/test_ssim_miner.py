@@ -12,7 +12,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
-from retrieval.datamodules.ground_truth import Query, RetrievalGroundTruth
+from retrieval.data.ground_truth import Query, RetrievalGroundTruth
 from retrieval.mining import ssim_miner
 from retrieval.mining.crops import CropSpec, build_crop_cache
 from retrieval.mining.crops import load_crop as _load_crop

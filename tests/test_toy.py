@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.datamodules import toy
+from retrieval.acquisition import toy
+from tests.conftest import run_script as run
 
 SMALL = {"landmarks": 3, "views_per_landmark": 14, "distractors": 8}  # 50 images, ~2 s
 GT_FILE = re.compile(r"^(?P<landmark>[a-z0-9_]+)_(?P<k>\d+)_(?P<kind>good|ok|junk|query)\.txt$")
@@ -184,13 +185,13 @@ def test_missing_bundled_photos_are_skipped_for_procedural_scenes(tmp_path: Path
     assert (path / "gt_files" / "scene_03_5_query.txt").is_file()
 
 
-def test_cli(tmp_path: Path, capsys):
-    with pytest.raises(SystemExit) as done:
-        toy.main(["--help"])
-    assert done.value.code == 0 and "--views-per-landmark" in capsys.readouterr().out
-    toy.main(["--root", str(tmp_path), "--seed", "3", "--landmarks", "1",
-              "--views-per-landmark", "6", "--distractors", "2"])
-    assert "8 images, 5 queries" in capsys.readouterr().out
+def test_the_download_command_generates_it_with_toy_parameters_as_overrides(tmp_path: Path):
+    result = run("-m", "retrieval.pipelines.download", "dataset=toy", f"paths.data_dir={tmp_path}",
+                 "dataset.ground_truth.seed=3", "+dataset.ground_truth.landmarks=1",
+                 "+dataset.ground_truth.views_per_landmark=6", "+dataset.ground_truth.distractors=2",
+                 cwd=tmp_path)
+    assert f"toy: ready in {tmp_path / 'toy'}" in result.stdout
+    assert len(list((tmp_path / "toy" / "jpg").iterdir())) == 8
     manifest = json.loads((tmp_path / "toy" / "manifest.json").read_text())
     assert manifest["seed"] == 3 and manifest["params"]["views_per_landmark"] == 6
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.datamodules.ground_truth import Query, RetrievalGroundTruth
+from retrieval.data.ground_truth import Query, RetrievalGroundTruth
 from retrieval.evaluation.protocols import EvaluationResult
-from retrieval.tracking import relevance as rel
+from retrieval.data import relevance as rel
 from retrieval.tracking.embedding_plot import group_colours, plot_embeddings, project_2d
 from retrieval.tracking.offline_run import offline_runs, read_offline_run
 from retrieval.tracking.retrieval_grid import (BLUE, BOX, COLOURS, build_grid_rows, cell_origin,

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from retrieval.datamodules.formats import load_classic_ground_truth
+from retrieval.data.landmark_formats import load_classic_ground_truth
 from retrieval.datamodules.triplets import draw_triplets, split_by_query, split_positives_per_query
 from retrieval.mining.pools import random_negative_pools
 from tests.test_formats import write_vgg

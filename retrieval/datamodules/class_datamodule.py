@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from retrieval.datamodules.class_ground_truth import ClassGroundTruth
+from retrieval.data.class_ground_truth import ClassGroundTruth
 from retrieval.datamodules.image_datasets import ImageListDataset, Transform
-from retrieval.datamodules.image_io import load_rgb
+from retrieval.data.image_io import load_rgb
 from retrieval.datamodules.landmark_datamodule import VAL_QUERIES
 from retrieval.datamodules.samplers import PKSampler
 from retrieval.datamodules.transforms import eval_transform, train_transform
@@ -69,7 +69,7 @@ def split_items(gt: ClassGroundTruth, val_fraction: float, split_by: str, seed: 
 
 
 class ClassDataModule(L.LightningDataModule):
-    """``items`` reads the collection (a reader of :mod:`~retrieval.datamodules.class_formats`
+    """``items`` reads the collection (a reader of :mod:`~retrieval.data.class_formats`
     as a Hydra partial). ``root`` / ``csv`` / ``image_root`` are where it reads from: the
     config passes them to the reader; kept here for the record."""
 

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from retrieval.datamodules.ground_truth import BBox
-from retrieval.datamodules.image_io import load_rgb
+from retrieval.data.ground_truth import BBox
+from retrieval.data.image_io import load_rgb
 
 Transform = Callable[[object], torch.Tensor]
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from retrieval.datamodules.ground_truth import RetrievalGroundTruth
+from retrieval.data.ground_truth import RetrievalGroundTruth
 from retrieval.datamodules.image_datasets import ImageListDataset, TripletDataset
 from retrieval.datamodules.transforms import eval_transform, train_transform
 from retrieval.datamodules.triplets import ProtocolSplit, draw_triplets, split_positives_per_query
@@ -103,7 +103,7 @@ class LandmarkDataModule(L.LightningDataModule):
         else:  # the evaluation set of a cross-dataset protocol: its reader names it
             keywords = getattr(loader, "keywords", {})
             name, root = keywords.get("name", "evaluation set"), keywords.get("root", "?")
-            how_to_get = f"Download it with `python -m retrieval.datamodules.download {name} --root DATA_DIR`."
+            how_to_get = f"Download it with `retrieval-download dataset={name} paths.data_dir=DATA_DIR`."
         try:
             return loader()
         except DatasetError as error:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from retrieval.datamodules.ground_truth import RetrievalGroundTruth
+from retrieval.data.ground_truth import RetrievalGroundTruth
 
 
 @dataclass(frozen=True)

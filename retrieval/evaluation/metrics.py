@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.datamodules.ground_truth import Query
+from retrieval.data.ground_truth import Query
 
 _POSITIVE, _JUNK = np.int8(1), np.int8(2)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval.datamodules.class_ground_truth import LEAVE_ONE_OUT, ClassGroundTruth
-from retrieval.datamodules.ground_truth import RetrievalGroundTruth
+from retrieval.data.class_ground_truth import LEAVE_ONE_OUT, ClassGroundTruth
+from retrieval.data.ground_truth import RetrievalGroundTruth
 from retrieval.evaluation.metrics import (class_metrics, classic_metrics, rank_by_similarity,
                                           revisited_metrics)
 

@@ -3,7 +3,7 @@
 Preprocessing follows the reference project: decode, convert to grayscale, take the
 centre ``crop_size`` x ``crop_size`` crop *without resizing*. Differences, chosen and named:
 
-* Decoding is the framework's one path (:func:`retrieval.datamodules.image_io.load_rgb`,
+* Decoding is the framework's one path (:func:`retrieval.data.image_io.load_rgb`,
   PIL); grayscale is PIL's ``convert("L")``, i.e. ITU-R 601-2 luma
   L = 0.299 R + 0.587 G + 0.114 B -- the weights OpenCV's BGR2GRAY uses too, so values
   agree with the reference up to +-1 grey level of rounding. EXIF orientation is not applied
@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 from rich.progress import Progress
 
-from retrieval.datamodules.image_io import load_rgb
+from retrieval.data.image_io import load_rgb
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from retrieval.datamodules.ground_truth import BBox, RetrievalGroundTruth
+from retrieval.data.ground_truth import BBox, RetrievalGroundTruth
 from retrieval.datamodules.image_datasets import ImageListDataset
 from retrieval.datamodules.transforms import eval_transform
 from retrieval.mining.pools import excluded_from_negatives
-from retrieval.serving.embed import embed_dataset
+from retrieval.models.inference import embed_dataset
 
 log = logging.getLogger(__name__)
 

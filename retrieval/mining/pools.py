@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.datamodules.ground_truth import RetrievalGroundTruth
+from retrieval.data.ground_truth import RetrievalGroundTruth
 
 
 def excluded_from_negatives(gt: RetrievalGroundTruth, q: int) -> np.ndarray:

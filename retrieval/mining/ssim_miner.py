@@ -37,7 +37,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from retrieval.datamodules.ground_truth import RetrievalGroundTruth
+from retrieval.data.ground_truth import RetrievalGroundTruth
 from retrieval.mining.crops import (
     CropCache,
     CropSpec,

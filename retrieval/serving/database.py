@@ -1,8 +1,6 @@
 """A searchable database: the descriptors of a dataset's images plus everything needed to
-embed a new query the same way (model config, checkpoint hash, whitening).
-
-    python -m retrieval.serving.database build ckpt_path=CKPT dataset=oxford5k [db_dir=DIR]
-        [whitening.dim=512] [whitening.enabled=false] [dtype=float32] [overwrite=true]
+embed a new query the same way (model config, checkpoint hash, whitening). Built by
+:mod:`retrieval.pipelines.database` (``retrieval-database build ...``).
 
 On disk (a directory, written atomically: built in ``<dir>.tmp-XXXX`` and renamed into
 place, so a crash never leaves a half artifact under the final name):
@@ -23,30 +21,22 @@ import logging
 import os
 import secrets
 import shutil
-import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
-import hydra
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 
 from retrieval.datamodules.transforms import eval_transform
-from retrieval.evaluation.whitening import Whitening, fit_whitening
-from retrieval.runs.build import build_datamodule, build_model
-from retrieval.runs.evaluate import file_sha256, load_weights
-from retrieval.serving.embed import embed_dataset
-from retrieval.utils.errors import UserFacingError, exit_on_user_error
+from retrieval.evaluation.whitening import Whitening
+from retrieval.models.checkpoints import file_sha256, load_weights
+from retrieval.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 EMBEDDINGS, META, WHITENING = "embeddings.npy", "meta.json", "whitening.npz"
-BUILD_HINT = "python -m retrieval.serving.database build ckpt_path=CKPT dataset=NAME db_dir=DIR"
-_VERSIONED = ("retrieval", "torch", "torchvision", "timm", "lightning", "numpy", "scikit-learn", "faiss-cpu")
+BUILD_HINT = "retrieval-database build ckpt_path=CKPT dataset=NAME db_dir=DIR"
 
 
 class DatabaseError(UserFacingError):
@@ -99,7 +89,7 @@ class DatabaseArtifact:
     def write(self, directory: str | Path, overwrite: bool = False) -> Path:
         """Write atomically to ``directory``; replaces an existing database only with ``overwrite``."""
         target = Path(directory).expanduser().resolve()
-        _check_target(target, overwrite)
+        check_target(target, overwrite)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}.tmp-{secrets.token_hex(4)}")
         tmp.mkdir()
@@ -116,7 +106,7 @@ class DatabaseArtifact:
         return target
 
 
-def _check_target(target: Path, overwrite: bool) -> None:
+def check_target(target: Path, overwrite: bool) -> None:
     if not target.exists():
         return
     if not target.is_dir() or (any(target.iterdir()) and not (target / META).is_file()):
@@ -222,7 +212,7 @@ def load_model_for_database(artifact: DatabaseArtifact, ckpt_path: str | Path | 
         if digest != artifact.checkpoint_sha256:
             raise CheckpointMismatchError(
                 f"database {artifact.path} was built with another checkpoint; rebuild it "
-                f"(python -m retrieval.serving.database build ckpt_path={ckpt} ...) or query it with "
+                f"(retrieval-database build ckpt_path={ckpt} ...) or query it with "
                 f"the original checkpoint (sha256 {artifact.checkpoint_sha256[:12]}..., {ckpt} has "
                 f"{digest[:12]}...)")
         # every weight comes from the checkpoint: never download or read backbone weights
@@ -231,90 +221,3 @@ def load_model_for_database(artifact: DatabaseArtifact, ckpt_path: str | Path | 
     if artifact.checkpoint_sha256 is not None:
         load_weights(model, ckpt)
     return model.eval(), eval_transform(artifact.image_size)
-
-
-# ------------------------------------------------------------------------------ build
-def _library_versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0]}
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
-def _fit_whitening(cfg: DictConfig, embeddings: np.ndarray, checkpoint_sha256: str | None) -> tuple[Whitening, dict]:
-    source = "database"
-    if cfg.fit_on:
-        other = load_database(cfg.fit_on)
-        if other.whitening is not None or other.checkpoint_sha256 != checkpoint_sha256:
-            raise DatabaseError(f"whitening.fit_on={other.path} must be a database built with the same "
-                                f"checkpoint and whitening.enabled=false")
-        embeddings, source = other.embeddings.astype(np.float32), f"{other.dataset} ({other.path})"
-    whitening = fit_whitening(embeddings, dim=cfg.dim, power=cfg.power, shrinkage=cfg.shrinkage,
-                              random_state=cfg.random_state)
-    return whitening, {"power": whitening.power, "shrinkage": whitening.shrinkage,
-                       "fit_on": source, "fit_count": len(embeddings)}
-
-
-def _evaluation_root(datamodule) -> str | None:
-    """Root of the dataset whose images the database holds: under a cross-dataset protocol
-    the evaluation set, not the training set."""
-    eval_reader = getattr(datamodule, "load_eval_ground_truth", None)
-    root = getattr(eval_reader, "keywords", {}).get("root") if eval_reader is not None else datamodule.root
-    return str(Path(root).resolve()) if root else None
-
-
-def build_database(cfg: DictConfig) -> Path:
-    """Embed ``cfg.dataset``'s database images with ``cfg.ckpt_path`` and write the artifact."""
-    backbone = cfg.model.net.backbone
-    if not cfg.ckpt_path and not (backbone.pretrained or backbone.weights_path):
-        raise UserFacingError("a database needs the network's weights: ckpt_path=CKPT (a trained "
-                              "checkpoint) or pretrained ImageNet weights (model.net.backbone.pretrained="
-                              "true or weights_path=FILE); a random network could not be rebuilt for queries")
-    _check_target(Path(cfg.db_dir).expanduser().resolve(), cfg.overwrite)  # before the long part
-    datamodule = build_datamodule(cfg)
-    datamodule.val_triplets = False
-    datamodule.prepare_data()
-    datamodule.setup("validate")
-    model = build_model(cfg)
-    ckpt = Path(cfg.ckpt_path).expanduser().resolve() if cfg.ckpt_path else None
-    if ckpt is not None:
-        load_weights(model, ckpt)
-    sha = file_sha256(ckpt) if ckpt is not None else None
-    dataset = datamodule.database_dataset()
-    embeddings = embed_dataset(model, dataset, cfg.embed.batch_size, cfg.embed.num_workers,
-                               cfg.embed.device, tuple(cfg.embed.scales), description="database")
-    whitening, info = (_fit_whitening(cfg.whitening, embeddings, sha) if cfg.whitening.enabled
-                       else (None, {}))
-    vectors = whitening.apply(embeddings) if whitening is not None else embeddings
-    artifact = DatabaseArtifact(
-        embeddings=vectors.astype(cfg.dtype), image_paths=[str(Path(p).resolve()) for p in dataset.paths],
-        image_names=list(datamodule.eval_gt.image_names), dataset=datamodule.eval_gt.name,
-        image_root=_evaluation_root(datamodule),
-        model_config=OmegaConf.to_container(cfg.model, resolve=True), image_size=int(cfg.dataset.image_size),
-        checkpoint=str(ckpt) if ckpt else None, checkpoint_sha256=sha, whitening=whitening,
-        whitening_info=info, scales=tuple(float(s) for s in cfg.embed.scales),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), versions=_library_versions())
-    path = artifact.write(cfg.db_dir, overwrite=cfg.overwrite)
-    print(f"database of {len(vectors)} images ({datamodule.name}, {artifact.dim}-d {cfg.dtype}"
-          f"{', PCA-whitened' if whitening else ''}) written to {path}")
-    return path
-
-
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="database.yaml")
-@exit_on_user_error
-def _build_main(cfg: DictConfig) -> None:
-    build_database(cfg)
-
-
-def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] != "build":
-        sys.exit(f"usage: {BUILD_HINT} [whitening.dim=512] [overwrite=true] (any Hydra override)")
-    del sys.argv[1]  # Hydra parses the rest as overrides
-    _build_main()
-
-
-if __name__ == "__main__":
-    main()

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from retrieval.evaluation.protocols import EvaluationResult
 from retrieval.tracking.canvas import BLACK, PALETTE, RGB, TEXT, blank, fit_text, font
-from retrieval.tracking.relevance import OTHER, database_groups, query_groups
+from retrieval.data.relevance import OTHER, database_groups, query_groups
 
 log = logging.getLogger(__name__)
 

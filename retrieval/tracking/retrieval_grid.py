@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from retrieval.evaluation.protocols import EvaluationResult
-from retrieval.tracking import relevance as rel
+from retrieval.data import relevance as rel
 from retrieval.tracking.canvas import RGB, TEXT, blank, fit_text, font
 
 log = logging.getLogger(__name__)

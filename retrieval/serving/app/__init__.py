@@ -1,7 +1,7 @@
 """The web app: a gallery of a database's dataset queries, their ground-truth-marked
 results and AP, image upload, and a JSON API (FastAPI + Jinja2 templates, served by uvicorn).
 
-    python -m retrieval.serving.app db=DIR [host=127.0.0.1] [port=8000]
+    retrieval-app db=DIR [host=127.0.0.1] [port=8000]
 
 :func:`create_app` builds the ASGI app around a :class:`SearchService` (the database, its
 network and index, loaded once); the entry point in ``__main__`` serves it.

@@ -21,7 +21,7 @@ from retrieval.serving.app.settings import AppSettings
 from retrieval.serving.app.truth import QueryTruth, load_dataset_truth
 from retrieval.serving.app.uploads import RequestError, decode_upload
 from retrieval.serving.database import BUILD_HINT, DatabaseError, load_database
-from retrieval.serving.query import DatabaseSearcher, Match
+from retrieval.serving.searcher import DatabaseSearcher, Match
 from retrieval.serving.search import SearchIndex
 from retrieval.utils.errors import UserFacingError
 

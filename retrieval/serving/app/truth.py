@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.datamodules.formats import load_classic_ground_truth, load_revisited_ground_truth
-from retrieval.datamodules.ground_truth import BBox, RetrievalGroundTruth
+from retrieval.data.landmark_formats import load_classic_ground_truth, load_revisited_ground_truth
+from retrieval.data.ground_truth import BBox, RetrievalGroundTruth
 from retrieval.serving.database import DatabaseArtifact
 from retrieval.utils.errors import DatasetError, UserFacingError
 

@@ -15,7 +15,7 @@ from pytorch_metric_learning.miners import BaseMiner
 from torch import nn
 
 from retrieval.mining.online import class_set_miner, mine_triplets
-from retrieval.models.triplet_module import (
+from retrieval.training.triplet_module import (
     OptimizerFactory,
     SchedulerFactory,
     TripletRetrievalModule,

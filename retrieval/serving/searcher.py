@@ -1,34 +1,23 @@
-"""Query a database with one image: the top-k database images, best first.
-
-    python -m retrieval.serving.query image=PATH db=DIR [k=10] [bbox=[x1,y1,x2,y2]] [--json]
-        [search=ivfpq] [ckpt_path=FILE (if the database's checkpoint moved)] [device=cpu]
+"""A loaded database that answers image queries: the top-k database images, best first.
 
 The query goes through the database's own network, eval transform, scales and whitening,
-so its descriptor lives in the same space as the database's.
+so its descriptor lives in the same space as the database's. The command around it is
+:mod:`retrieval.pipelines.query`.
 """
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
-from rich.console import Console
-from rich.table import Table
 
-from retrieval.datamodules.image_io import load_rgb
+from retrieval.data.image_io import load_rgb
 from retrieval.serving.database import DatabaseArtifact, load_database, load_model_for_database
-from retrieval.serving.embed import embed_batch, resolve_device
+from retrieval.models.inference import embed_batch, resolve_device
 from retrieval.serving.search import SearchIndex
-from retrieval.utils.errors import UserFacingError, exit_on_user_error
-
-USAGE = "python -m retrieval.serving.query image=PATH db=DIR [k=10] [bbox=[x1,y1,x2,y2]] [--json]"
-
+from retrieval.utils.errors import UserFacingError
 
 @dataclass(frozen=True)
 class Match:
@@ -83,45 +72,3 @@ def _read_image(path: Path, bbox: Sequence[float] | None):
         return load_rgb(path, tuple(float(v) for v in bbox) if bbox is not None else None)
     except (UnidentifiedImageError, OSError) as error:
         raise UserFacingError(f"query image {path} could not be read as an image ({error})") from None
-
-
-def results_table(matches: Sequence[Match], title: str) -> Table:
-    table = Table(title=title)
-    for column, justify in (("rank", "right"), ("score", "right"), ("path", "left")):
-        table.add_column(column, justify=justify)
-    for m in matches:
-        table.add_row(str(m.rank), f"{m.score:.4f}", m.path)
-    return table
-
-
-def run_query(cfg: DictConfig) -> list[Match]:
-    for key in ("image", "db"):
-        if OmegaConf.is_missing(cfg, key) or not cfg[key]:
-            raise UserFacingError(f"{key}= is required; usage: {USAGE}")
-    artifact = load_database(cfg.db)
-    searcher = DatabaseSearcher(artifact, hydra.utils.instantiate(cfg.search), cfg.ckpt_path, cfg.device)
-    bbox = list(cfg.bbox) if cfg.bbox is not None else None
-    matches = searcher.query(cfg.image, int(cfg.k), bbox)
-    if cfg.json:
-        print(json.dumps([asdict(m) for m in matches], indent=1))
-    else:
-        Console().print(results_table(matches, f"top {len(matches)} of {len(artifact.image_paths)} "
-                                               f"({artifact.dataset}) for {cfg.image}"))
-    return matches
-
-
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="query.yaml")
-@exit_on_user_error
-def _main(cfg: DictConfig) -> None:
-    run_query(cfg)
-
-
-def main() -> None:
-    # `--json` reads like a flag to people; Hydra only takes key=value overrides
-    if "--json" in sys.argv:
-        sys.argv = [a for a in sys.argv if a != "--json"] + ["json=true"]
-    _main()
-
-
-if __name__ == "__main__":
-    main()

@@ -14,9 +14,9 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from retrieval.evaluation.callback import RetrievalEvaluation
+from retrieval.training.evaluation_callback import RetrievalEvaluation
 from retrieval.evaluation.protocols import EvaluationResult
-from retrieval.tracking import relevance as rel
+from retrieval.data import relevance as rel
 from retrieval.tracking.embedding_plot import METHODS, plot_embeddings
 from retrieval.tracking.retrieval_grid import pick_queries, save_retrieval_grid
 

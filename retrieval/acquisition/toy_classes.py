@@ -8,18 +8,19 @@ A view is a random crop (a third to two thirds of the photo's shorter side, so v
 class often show different parts of it), rotated, maybe mirrored, re-lit and re-coloured,
 and sometimes grey. Deterministic from the seed; 10 classes × 20 images take about two seconds.
 
-    python -m retrieval.datamodules.toy_classes --root data/toy_classes
+    retrieval-download dataset=toy_classes          # into data/toy_classes
 """
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from retrieval.datamodules.toy import _PKG_DATA
+from retrieval.acquisition.toy import _PKG_DATA
+from retrieval.data.class_formats import read_class_folders
+from retrieval.data.class_ground_truth import ClassGroundTruth
 
 # photographs with texture and colour enough to tell apart, in the order classes are taken
 PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "coins.png",
@@ -69,17 +70,9 @@ def write_toy_classes(root: str | Path, n_classes: int = 10, per_class: int = 20
     return root
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", required=True, help="output folder")
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--size", type=int, default=64, help="side of the square images (px)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    root = write_toy_classes(args.root, args.classes, args.per_class, args.size, seed=args.seed)
-    print(f"wrote {args.classes} classes × {args.per_class} images to {root} (and {root / 'labels.csv'})")
-
-
-if __name__ == "__main__":
-    main()
+def read_toy_classes(root: str | Path, name: str = "toy_classes", **params) -> ClassGroundTruth:
+    """``dataset=toy_classes``: the generated set under ``root`` (written on first use, or
+    again when ``labels.csv`` is missing), read by the folder reader as any user's set."""
+    if not (Path(root) / "labels.csv").is_file():
+        write_toy_classes(root, **params)
+    return read_class_folders(root, name)

@@ -1,12 +1,12 @@
 """Download, verify and unpack Oxford5k / Paris6k / ROxford5k / RParis6k into the loaders' layout.
 
-    python -m retrieval.datamodules.download oxford5k --root DATA_DIR
+    retrieval-download dataset=oxford5k paths.data_dir=DATA_DIR
 
-Result (what :mod:`retrieval.datamodules.formats` reads): ``<root>/<name>/jpg/`` (images at
+Result (what :mod:`retrieval.data.landmark_formats` reads): ``<root>/<name>/jpg/`` (images at
 any depth: Paris unpacks as ``paris/<landmark>/*.jpg``), ``<root>/<name>/gt_files/`` (VGG
 ground-truth .txt files) for the classic sets, ``<root>/<name>/gnd_<name>.pkl`` for the
 revisited ones. Archives are fetched into ``<root>/<name>/archives/`` (resumable ``.part``
-files), checked, unpacked through a scratch folder and then deleted (``--keep-archives``
+files), checked, unpacked through a scratch folder and then deleted (``keep_archives=true``
 keeps them). ``<root>/<name>/.download.json`` records the size and sha256 of every file at
 its first download, so a later download or a tampered ground-truth pickle is caught even
 where the publisher gives no checksum; it also makes a re-run with everything in place a
@@ -15,12 +15,10 @@ symlink) instead of downloading 2-4.5 GB again.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import shutil
-import sys
 import tempfile
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from retrieval.datamodules.archives import (
+from retrieval.acquisition.archives import (
     Manifest,
     flatten_files,
     move_tree,
@@ -42,14 +40,14 @@ from retrieval.datamodules.archives import (
     unreadable_images,
     verify_file,
 )
-from retrieval.datamodules.fetch import DownloadFailed, FetchOptions, fetch_first
-from retrieval.datamodules.formats import IMAGE_EXTENSIONS
-from retrieval.utils.errors import DatasetError, exit_on_user_error
+from retrieval.acquisition.fetch import DownloadFailed, FetchOptions, fetch_first
+from retrieval.data.landmark_formats import IMAGE_EXTENSIONS
+from retrieval.utils.errors import DatasetError
 
 IMAGES, GROUND_TRUTH, KEEP = "jpg", "gt_files", "."  # where a file's content ends up
 ARCHIVES = "archives"  # where downloads wait (and users may drop files by hand)
-_PINNED_HINT = ("The expected values are pinned in retrieval/datamodules/download.py; if the "
-                "publisher has re-released the file, run again with --ignore-pinned.")
+_PINNED_HINT = ("The expected values are pinned in retrieval/acquisition/download.py; if the "
+                "publisher has re-released the file, run again with ignore_pinned=true.")
 
 
 @dataclass(frozen=True)
@@ -298,46 +296,10 @@ def _print_summary(report: DownloadReport, console: Console, root: str | Path) -
                   f"with dataset={report.dataset} paths.data_dir={root}")
 
 
-def _parser(table: dict[str, DatasetSpec]) -> argparse.ArgumentParser:
+def dataset_table(table: dict[str, DatasetSpec] = DATASETS) -> str:
+    """Every downloadable dataset with its approximate size and official sources."""
     lines = []
     for spec in table.values():
         lines.append(f"  {spec.name:<10} {spec.summary}")
         lines.extend(f"{'':13}{f.urls[0]}" for f in spec.files)
-    parser = argparse.ArgumentParser(
-        prog="python -m retrieval.datamodules.download",
-        description="Download, verify and unpack landmark retrieval datasets into the layout "
-                    "the loaders read. Interrupted downloads resume; a re-run with everything "
-                    "in place does nothing.",
-        epilog="datasets (approximate download size; official sources):\n" + "\n".join(lines),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("datasets", nargs="+", choices=list(table), metavar="DATASET",
-                        help=f"one or more of: {', '.join(table)}")
-    parser.add_argument("--root", default="./data", help="parent folder of the datasets (default: ./data)")
-    parser.add_argument("--mirror", metavar="URL", help="fetch every file from URL/<file name> instead")
-    parser.add_argument("--keep-archives", action="store_true", help="keep the archives after unpacking")
-    parser.add_argument("--ignore-pinned", action="store_true",
-                        help="skip the size/checksum pinned in the code (first-download sha256 still checked)")
-    parser.add_argument("--retries", type=int, default=FetchOptions.retries, help="retries per file")
-    parser.add_argument("--timeout", type=float, default=FetchOptions.timeout_s, help="socket timeout, s")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None, table: dict[str, DatasetSpec] = DATASETS) -> int:
-    args = _parser(table).parse_args(argv)
-    options = dataclasses.replace(FetchOptions(), retries=args.retries, timeout_s=args.timeout,
-                                  quiet=args.quiet)
-    try:
-        for name in args.datasets:
-            download_dataset(name, args.root, mirror=args.mirror, keep_archives=args.keep_archives,
-                             ignore_pinned=args.ignore_pinned, options=options, table=table)
-    except KeyboardInterrupt:
-        print("\ninterrupted: partial downloads are kept; run the same command again to resume.",
-              file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return "\n".join(lines)

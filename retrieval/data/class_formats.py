@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.datamodules.class_ground_truth import ClassGroundTruth
-from retrieval.datamodules.formats import IMAGE_EXTENSIONS
+from retrieval.data.class_ground_truth import ClassGroundTruth
+from retrieval.data.landmark_formats import IMAGE_EXTENSIONS
 from retrieval.utils.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 REQUIRED_COLUMNS = ("path", "label")
-GENERATE_HINT = ("To try it on generated data: python -m retrieval.datamodules.toy_classes "
-                 "--root DIR (writes DIR/<class>/*.png and DIR/labels.csv).")
+GENERATE_HINT = ("To try it on generated data: dataset=toy_classes (written on first use to "
+                 "data/toy_classes/<class>/*.png with data/toy_classes/labels.csv).")
 _SHOWN = 5  # offenders listed in one message
 
 

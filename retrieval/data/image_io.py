@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from retrieval.datamodules.ground_truth import BBox
+from retrieval.data.ground_truth import BBox
 
 # Refuse decompression bombs instead of letting one image take the machine's memory:
 # 400 megapixels is far beyond any retrieval benchmark image (Oxford's are 1024 px).

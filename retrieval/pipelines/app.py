@@ -1,4 +1,4 @@
-"""``python -m retrieval.serving.app db=DIR [host=127.0.0.1] [port=8000] [k=20] ...``
+"""``retrieval-app db=DIR [host=127.0.0.1] [port=8000] [k=20] ...``: the web app.
 
 Loads the database, its network and index once, checks that they agree, then serves the
 app with uvicorn. A missing or mismatched database stops it here with one paragraph and
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import hydra
 import uvicorn
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -16,9 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from retrieval.serving.app.service import SearchService
 from retrieval.serving.app.settings import AppSettings
 from retrieval.serving.app.web import create_app
-from retrieval.utils.errors import UserFacingError, exit_on_user_error
+from retrieval.pipelines.cli import hydra_command
+from retrieval.utils.errors import UserFacingError
 
-USAGE = "python -m retrieval.serving.app db=DIR [host=127.0.0.1] [port=8000]"
+USAGE = "retrieval-app db=DIR [host=127.0.0.1] [port=8000]"
 
 
 def load_service(cfg: DictConfig) -> SearchService:
@@ -31,9 +31,7 @@ def load_service(cfg: DictConfig) -> SearchService:
     return SearchService.load(settings, instantiate(cfg.search))
 
 
-@hydra.main(version_base="1.3", config_path="../../../configs", config_name="app.yaml")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
+def serve(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     service = load_service(cfg)
     app = create_app(service)
@@ -41,6 +39,8 @@ def main(cfg: DictConfig) -> None:
           f"{len(service.queries)} queries) on http://{cfg.host}:{cfg.port}", flush=True)
     uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level)
 
+
+main = hydra_command("app", serve)
 
 if __name__ == "__main__":
     main()

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from retrieval.datamodules.ground_truth import Query, RetrievalGroundTruth
-from retrieval.datamodules.image_io import image_problem
+from retrieval.data.ground_truth import Query, RetrievalGroundTruth
+from retrieval.data.image_io import image_problem
 from retrieval.utils.errors import DatasetError
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from retrieval.datamodules.class_ground_truth import ClassGroundTruth
+from retrieval.data.class_ground_truth import ClassGroundTruth
 from retrieval.datamodules.landmark_datamodule import VAL_DATABASE, VAL_QUERIES
 from retrieval.evaluation.protocols import EvaluationResult, evaluate_embeddings
 

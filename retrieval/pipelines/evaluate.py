@@ -1,6 +1,6 @@
 """Evaluate a checkpoint and untrained baselines side by side; one Rich table, one JSON.
 
-One variant (see :mod:`retrieval.runs.variants`) goes through, each step off by default so
+One variant (see :mod:`retrieval.pipelines.variants`) goes through, each step off by default so
 that the defaults reproduce the evaluation callback's numbers exactly:
 
     embed queries + database (``scales``) -> whitening (``whitening.kind`` pca|learned,
@@ -9,7 +9,6 @@ that the defaults reproduce the evaluation callback's numbers exactly:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from retrieval.datamodules.image_datasets import ImageListDataset
@@ -25,36 +25,18 @@ from retrieval.evaluation.learned_whitening import fit_learned_whitening
 from retrieval.evaluation.protocols import EvaluationResult, evaluate_embeddings
 from retrieval.evaluation.query_expansion import alpha_query_expansion, database_side_augmentation
 from retrieval.evaluation.whitening import Whitening, fit_whitening
-from retrieval.runs.build import build_datamodule, build_model
-from retrieval.runs.report import print_comparison
-from retrieval.runs.train import LEAK_WARNING
-from retrieval.runs.variants import Variant, compose_variants, describe, plain
-from retrieval.serving.embed import embed_dataset
+from retrieval.pipelines.cli import hydra_command
+from retrieval.pipelines.build import build_datamodule, build_model
+from retrieval.pipelines.report import print_comparison
+from retrieval.pipelines.train import LEAK_WARNING
+from retrieval.pipelines.variants import Variant, compose_variants, describe, plain
+from retrieval.models.checkpoints import file_sha256, load_weights
+from retrieval.models.inference import embed_dataset
 from retrieval.tracking.embedding_plot import plot_embeddings
 from retrieval.tracking.retrieval_grid import save_retrieval_grid
 from retrieval.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_weights(model: L.LightningModule, ckpt_path: Path) -> None:
-    if not ckpt_path.is_file():
-        raise UserFacingError(f"checkpoint {ckpt_path} does not exist (ckpt_path=...)")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:
-        raise UserFacingError(f"checkpoint {ckpt_path} does not match the configured model "
-                              f"(pass the same model/pooling overrides it was trained with): "
-                              f"{str(error).splitlines()[0]}") from None
 
 
 class Embeddings:
@@ -218,3 +200,15 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = (), confi
     out.write_text(json.dumps(report, indent=2))
     print(f"metrics written to {out}")
     return report
+
+
+def evaluate_job(cfg: DictConfig) -> dict:
+    hydra_cfg = HydraConfig.get()
+    # the variants of `compare` are composed from the same command-line overrides
+    return evaluate(cfg, list(hydra_cfg.overrides.task), hydra_cfg.job.config_name)
+
+
+main = hydra_command("evaluate", evaluate_job)
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,11 @@
-"""The training run: baseline evaluation, fit, evaluation of the best checkpoint."""
+"""The training run: baseline evaluation, fit, evaluation of the best checkpoint.
+
+    retrieval-train                                   # generated toy set, CPU, minutes
+    python train.py dataset=paris6k trainer=gpu       # the same command from a clone
+    retrieval-train --cfg job                         # print the composed config
+    retrieval-train -m model.optimizer.lr=1e-6,5e-6   # a grid sweep
+    retrieval-train hparams_search=optuna             # an Optuna TPE sweep of val/mAP
+"""
 from __future__ import annotations
 
 import json
@@ -10,10 +17,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from retrieval.evaluation.callback import RetrievalEvaluation
+from retrieval.training.evaluation_callback import RetrievalEvaluation
 from retrieval.mining.online import check_mining_fits
-from retrieval.runs.build import build_datamodule, build_model, build_trainer, instantiate_group
-from retrieval.runs.report import print_metrics
+from retrieval.pipelines.build import build_datamodule, build_model, build_trainer, instantiate_group
+from retrieval.pipelines.cli import hydra_command
+from retrieval.pipelines.report import print_metrics
+from retrieval.tracking.wandb_run import finishing_wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +81,16 @@ def train(cfg: DictConfig) -> float | None:
     final = results.get("trained") or results.get("checkpoint") or {}
     key = cfg.optimized_metric.split("/", 1)[-1]
     return final.get(key)
+
+
+def train_job(cfg: DictConfig) -> float | None:
+    # one W&B run per job: multirun jobs share a process under the basic launcher
+    with finishing_wandb_run():
+        # the sweepers (Optuna) read the job's return value: cfg.optimized_metric
+        return train(cfg)
+
+
+main = hydra_command("train", train_job)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Build a searchable database: embed a dataset's database images with a checkpoint, fit
+the whitening, write the artifact (:class:`~retrieval.serving.database.DatabaseArtifact`).
+
+    retrieval-database build ckpt_path=CKPT dataset=oxford5k [db_dir=DIR]
+        [whitening.dim=512] [whitening.enabled=false] [dtype=float32] [overwrite=true]
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from retrieval.evaluation.whitening import Whitening, fit_whitening
+from retrieval.models.checkpoints import file_sha256, load_weights
+from retrieval.models.inference import embed_dataset
+from retrieval.pipelines.build import build_datamodule, build_model
+from retrieval.pipelines.cli import hydra_command
+from retrieval.serving.database import (BUILD_HINT, DatabaseArtifact, DatabaseError, check_target,
+                                        load_database)
+from retrieval.utils.errors import UserFacingError
+
+log = logging.getLogger(__name__)
+
+_VERSIONED = ("retrieval", "torch", "torchvision", "timm", "lightning", "numpy", "scikit-learn", "faiss-cpu")
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _fit_whitening(cfg: DictConfig, embeddings: np.ndarray, checkpoint_sha256: str | None) -> tuple[Whitening, dict]:
+    source = "database"
+    if cfg.fit_on:
+        other = load_database(cfg.fit_on)
+        if other.whitening is not None or other.checkpoint_sha256 != checkpoint_sha256:
+            raise DatabaseError(f"whitening.fit_on={other.path} must be a database built with the same "
+                                f"checkpoint and whitening.enabled=false")
+        embeddings, source = other.embeddings.astype(np.float32), f"{other.dataset} ({other.path})"
+    whitening = fit_whitening(embeddings, dim=cfg.dim, power=cfg.power, shrinkage=cfg.shrinkage,
+                              random_state=cfg.random_state)
+    return whitening, {"power": whitening.power, "shrinkage": whitening.shrinkage,
+                       "fit_on": source, "fit_count": len(embeddings)}
+
+
+def _evaluation_root(datamodule) -> str | None:
+    """Root of the dataset whose images the database holds: under a cross-dataset protocol
+    the evaluation set, not the training set."""
+    eval_reader = getattr(datamodule, "load_eval_ground_truth", None)
+    root = getattr(eval_reader, "keywords", {}).get("root") if eval_reader is not None else datamodule.root
+    return str(Path(root).resolve()) if root else None
+
+
+def build_database(cfg: DictConfig) -> Path:
+    """Embed ``cfg.dataset``'s database images with ``cfg.ckpt_path`` and write the artifact."""
+    backbone = cfg.model.net.backbone
+    if not cfg.ckpt_path and not (backbone.pretrained or backbone.weights_path):
+        raise UserFacingError("a database needs the network's weights: ckpt_path=CKPT (a trained "
+                              "checkpoint) or pretrained ImageNet weights (model.net.backbone.pretrained="
+                              "true or weights_path=FILE); a random network could not be rebuilt for queries")
+    check_target(Path(cfg.db_dir).expanduser().resolve(), cfg.overwrite)  # before the long part
+    datamodule = build_datamodule(cfg)
+    datamodule.val_triplets = False
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    model = build_model(cfg)
+    ckpt = Path(cfg.ckpt_path).expanduser().resolve() if cfg.ckpt_path else None
+    if ckpt is not None:
+        load_weights(model, ckpt)
+    sha = file_sha256(ckpt) if ckpt is not None else None
+    dataset = datamodule.database_dataset()
+    embeddings = embed_dataset(model, dataset, cfg.embed.batch_size, cfg.embed.num_workers,
+                               cfg.embed.device, tuple(cfg.embed.scales), description="database")
+    whitening, info = (_fit_whitening(cfg.whitening, embeddings, sha) if cfg.whitening.enabled
+                       else (None, {}))
+    vectors = whitening.apply(embeddings) if whitening is not None else embeddings
+    artifact = DatabaseArtifact(
+        embeddings=vectors.astype(cfg.dtype), image_paths=[str(Path(p).resolve()) for p in dataset.paths],
+        image_names=list(datamodule.eval_gt.image_names), dataset=datamodule.eval_gt.name,
+        image_root=_evaluation_root(datamodule),
+        model_config=OmegaConf.to_container(cfg.model, resolve=True), image_size=int(cfg.dataset.image_size),
+        checkpoint=str(ckpt) if ckpt else None, checkpoint_sha256=sha, whitening=whitening,
+        whitening_info=info, scales=tuple(float(s) for s in cfg.embed.scales),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), versions=_library_versions())
+    path = artifact.write(cfg.db_dir, overwrite=cfg.overwrite)
+    print(f"database of {len(vectors)} images ({datamodule.name}, {artifact.dim}-d {cfg.dtype}"
+          f"{', PCA-whitened' if whitening else ''}) written to {path}")
+    return path
+
+
+def database_job(cfg: DictConfig) -> Path:
+    if cfg.action != "build":
+        raise UserFacingError(f"unknown database action {cfg.action!r}; usage: {BUILD_HINT}")
+    return build_database(cfg)
+
+
+# `retrieval-database build ...`: the sub-command word is the override action=build
+main = hydra_command("database", database_job, verbs={"build": "action=build"})
+
+
+if __name__ == "__main__":
+    main()

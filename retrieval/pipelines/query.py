@@ -1,0 +1,54 @@
+"""Query a database with one image: the top-k database images, best first.
+
+    retrieval-query image=PATH db=DIR [k=10] [bbox=[x1,y1,x2,y2]] [--json]
+        [search=ivfpq] [ckpt_path=FILE (if the database's checkpoint moved)] [device=cpu]
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from retrieval.pipelines.cli import hydra_command
+from retrieval.serving.database import load_database
+from retrieval.serving.searcher import DatabaseSearcher, Match
+from retrieval.utils.errors import UserFacingError
+
+USAGE = "retrieval-query image=PATH db=DIR [k=10] [bbox=[x1,y1,x2,y2]] [--json]"
+
+
+def results_table(matches: Sequence[Match], title: str) -> Table:
+    table = Table(title=title)
+    for column, justify in (("rank", "right"), ("score", "right"), ("path", "left")):
+        table.add_column(column, justify=justify)
+    for m in matches:
+        table.add_row(str(m.rank), f"{m.score:.4f}", m.path)
+    return table
+
+
+def run_query(cfg: DictConfig) -> list[Match]:
+    for key in ("image", "db"):
+        if OmegaConf.is_missing(cfg, key) or not cfg[key]:
+            raise UserFacingError(f"{key}= is required; usage: {USAGE}")
+    artifact = load_database(cfg.db)
+    searcher = DatabaseSearcher(artifact, hydra.utils.instantiate(cfg.search), cfg.ckpt_path, cfg.device)
+    bbox = list(cfg.bbox) if cfg.bbox is not None else None
+    matches = searcher.query(cfg.image, int(cfg.k), bbox)
+    if cfg.json:
+        print(json.dumps([asdict(m) for m in matches], indent=1))
+    else:
+        Console().print(results_table(matches, f"top {len(matches)} of {len(artifact.image_paths)} "
+                                               f"({artifact.dataset}) for {cfg.image}"))
+    return matches
+
+
+main = hydra_command("query", run_query, flags={"--json": "json=true"})
+
+
+if __name__ == "__main__":
+    main()
