@@ -47,11 +47,12 @@ def hydra_command(config_name: str, job: Callable[[DictConfig], Any],
     (Hydra's sweepers, Optuna among them, read it). ``main(cfg)`` runs the job on an
     already composed config."""
 
-    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
-    @exit_on_user_error
-    def entry(cfg: DictConfig) -> Any:
+    def run_job(cfg: DictConfig) -> Any:
         register_resolvers()  # submitit jobs unpickle this function in a fresh process
         return job(cfg)
+
+    entry = hydra.main(version_base="1.3", config_path=CONFIG_PATH,
+                       config_name=config_name)(exit_on_user_error(run_job))
 
     def main(cfg: DictConfig | None = None) -> Any:
         if cfg is not None:  # a composed config (tests, notebooks): Hydra runs the job as it is
