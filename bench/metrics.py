@@ -16,10 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.evaluation.metrics import (
-    ap_from_ranks, average_precisions, positive_ranks, precision_at_ks, rank_by_similarity,
+from retrieval.evaluation.landmark_metrics import (
+    ap_from_ranks,
+    average_precisions,
+    precision_at_ks,
     revisitop_precision_from_ranks,
 )
+from retrieval.evaluation.ranking import positive_ranks, rank_by_similarity
 
 TARGET_S = 0.050
 KS = (1, 5, 10)

@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from retrieval.evaluation.whitening import l2_normalize
+from retrieval.evaluation.vectors import l2_normalize
 from retrieval.serving.search import SearchIndex, top_k
 
 REFERENCE_MS = 4.09  # the reference faiss demo, per retrieval

@@ -41,8 +41,9 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
-from retrieval.mining.ssim import ImageStats, ssim_many_vs_many
+from retrieval.mining.ssim import ssim_many_vs_many
 from retrieval.mining.ssim_miner import mine_ssim_negatives
+from retrieval.mining.ssim_stats import ImageStats
 
 OXFORD_QUERIES, OXFORD_IMAGES, SIDE = 55, 5063, 500
 
@@ -128,7 +129,7 @@ def fmt(seconds: float) -> str:
 
 def memory_probe(folder: str, n_queries: int, queue) -> None:
     """Child process: mine on the JPEGs in ``folder``; report the peak memory in bytes."""
-    from retrieval.mining.ssim_miner import QuerySpec
+    from retrieval.mining.ssim_store import QuerySpec
 
     paths = sorted(Path(folder).glob("*.jpg"))
     queries = [QuerySpec(f"q{i}", paths[i], np.array([i])) for i in range(n_queries)]
@@ -156,7 +157,7 @@ def measure_memory(images: np.ndarray, n_queries: int) -> tuple[int, float]:
 def time_torch_full_run(images: np.ndarray) -> None:
     import torch
 
-    from retrieval.mining.ssim import ssim_many_vs_many_torch
+    from retrieval.mining.ssim_torch import ssim_many_vs_many_torch
 
     if not torch.cuda.is_available():
         print("\n(torch/CUDA: no CUDA device here, GPU timing skipped)")

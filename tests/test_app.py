@@ -21,7 +21,6 @@ from retrieval.evaluation.protocols import evaluate_embeddings
 from retrieval.serving.app import SearchService, create_app
 
 
-
 def expected_label(name: str, landmark: str) -> str:
     """tests/test_formats.write_vgg: every query of a landmark has good <lm>_000000 and
     <lm>_000001, ok <lm>_000002, junk <lm>_000003; other images are wrong."""

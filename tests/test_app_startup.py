@@ -18,13 +18,12 @@ from fastapi.testclient import TestClient
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from retrieval.serving.app import AppSettings, SearchService, create_app
 from retrieval.pipelines.app import load_service
 from retrieval.pipelines.app import main as app_main
+from retrieval.serving.app import AppSettings, SearchService, create_app
 from retrieval.serving.database import DatabaseError
 from retrieval.utils.errors import UserFacingError
 from tests.test_app import search
-
 
 
 # ---------------------------------------------------------------------------- start-up

@@ -13,14 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrieval.data.class_ground_truth import ClassGroundTruth
+from retrieval.evaluation.class_metrics import class_metrics, map_at_r
+from retrieval.evaluation.protocols import evaluate_embeddings, evaluate_leave_one_out
+from retrieval.evaluation.ranking import leave_one_out_rankings
+from retrieval.evaluation.vectors import cosine_similarity
 from retrieval.training.evaluation_callback import RetrievalEvaluation
-from retrieval.evaluation.metrics import class_metrics, map_at_r
-from retrieval.evaluation.protocols import (
-    cosine_similarity,
-    evaluate_embeddings,
-    evaluate_leave_one_out,
-    leave_one_out_rankings,
-)
 
 KS = (1, 2, 5)
 

@@ -22,8 +22,9 @@ from PIL import Image
 from rich.console import Console
 
 from retrieval.acquisition.archives import safe_extract
+from retrieval.acquisition.datasets import DATASETS
+from retrieval.acquisition.download import download_dataset
 from retrieval.acquisition.fetch import FetchOptions
-from retrieval.acquisition.download import DATASETS, download_dataset
 from retrieval.data.landmark_formats import load_classic_ground_truth, load_revisited_ground_truth
 from retrieval.utils.errors import DatasetError
 from tests.conftest import run_script

@@ -14,7 +14,7 @@ from omegaconf import open_dict
 from retrieval.training.evaluation_callback import RetrievalEvaluation
 from retrieval.evaluation.learned_whitening import fit_learned_whitening
 from retrieval.evaluation.query_expansion import alpha_query_expansion, database_side_augmentation
-from retrieval.evaluation.whitening import l2_normalize
+from retrieval.evaluation.vectors import l2_normalize
 from retrieval.models.pooling import RMAC, rmac_regions
 from retrieval.pipelines.build import build_datamodule, build_model
 from retrieval.pipelines.evaluate import evaluate

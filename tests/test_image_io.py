@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.data.landmark_formats import load_classic_ground_truth
 from retrieval.data.image_io import image_problem, load_rgb
+from retrieval.data.landmark_formats import load_classic_ground_truth
 from tests.test_formats import write_vgg
 
 RNG = np.random.default_rng(0)

@@ -1,6 +1,6 @@
 """Metrics: parity with per-query loop transcriptions of the reference code, properties, hand cases.
 
-The loop references below are written independently of retrieval.evaluation.metrics, as
+The loop references below are written independently of retrieval.evaluation's metric modules, as
 direct transcriptions of Oxford's compute_ap.cpp and of revisitop's compute_ap/compute_map
 (python/evaluate.py in filipradenovic/revisitop; its ranks are [ndb, nq], ours [nq, ndb]).
 bench/metrics.py times the vectorised code against them.
@@ -15,10 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrieval.data.ground_truth import Query
-from retrieval.evaluation.metrics import (
-    average_precisions, classic_metrics, leave_one_out_metrics, map_at_k, precision_at_k,
-    precision_at_ks, rank_by_similarity, recall_at_k, reference_ap_at_k, revisited_metrics,
+from retrieval.evaluation.class_metrics import leave_one_out_metrics, map_at_k, precision_at_k, recall_at_k
+from retrieval.evaluation.landmark_metrics import (
+    average_precisions,
+    classic_metrics,
+    precision_at_ks,
+    reference_ap_at_k,
+    revisited_metrics,
 )
+from retrieval.evaluation.ranking import rank_by_similarity
 
 # ----------------------------------------------------------------------------- references
 

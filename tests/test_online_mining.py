@@ -1,6 +1,6 @@
-"""P×K sampling and online mining: the sampler's batches, the configured pml miners against
-brute-force selections on hand-made embeddings, the class module's loss, and the errors
-for miners that do not fit the dataset."""
+"""P×K sampling and in-batch mining: the sampler's batches, the configured pml miners against
+brute-force selections on hand-made embeddings, the class module's loss, and the config
+errors for miners that do not fit the dataset."""
 from __future__ import annotations
 
 import functools
@@ -10,18 +10,19 @@ from itertools import product
 import numpy as np
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from retrieval.datamodules.class_datamodule import ClassDataModule
+from retrieval.datamodules.negative_pools import EpochNegativePoolSource
 from retrieval.datamodules.samplers import PKSampler
-from retrieval.evaluation.metrics import recall_at_k
-from retrieval.mining.online import check_mining_fits, class_set_miner, mine_triplets
+from retrieval.evaluation.class_metrics import recall_at_k
+from retrieval.mining.in_batch import mine_triplets
+from retrieval.mining.model_negatives import CurrentModelNegatives
 from retrieval.mining.pools import random_negative_pools, ssim_negative_pools
 from retrieval.models.losses import squared_euclidean
 from retrieval.training.class_metric_module import ClassMetricModule
-from retrieval.utils.errors import UserFacingError
 from tests.test_configs import compose_cfg
 
 # class sizes 1 (never sampled: no positive), 2 and 3 (< K: with replacement), 6, 9
@@ -80,14 +81,15 @@ def test_pk_sampler_refuses_impossible_batches():
 
 # ------------------------------------------------------------------------------------ miners
 def configured(option: str):
-    """The ``mining`` group's object as the model receives it (a partial), and the config."""
-    cfg = compose_cfg("train.yaml", ["dataset=folder", f"mining={option}"])
-    return instantiate(cfg.mining), cfg
+    """The ``batch_miner`` group's object as the model receives it (a partial that builds
+    the miner), and the config."""
+    cfg = compose_cfg("train.yaml", ["dataset=folder", f"batch_miner={option}"])
+    return instantiate(cfg.batch_miner), cfg
 
 
 def configured_miner(option: str):
-    mining, cfg = configured(option)
-    return class_set_miner(mining), cfg
+    factory, cfg = configured(option)
+    return factory(), cfg
 
 
 def hand_made_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,24 +139,39 @@ def test_semi_hard_picks_negatives_beyond_the_positive_within_the_margin(seed):
     assert as_set(mine_triplets(miner, x, labels)) == expected
 
 
-def test_random_means_every_triplet_of_the_batch():
+def test_all_means_every_triplet_of_the_batch():
     x, labels = hand_made_batch()
-    miner, _ = configured_miner("random")
+    miner, _ = configured_miner("all")
     assert miner is None
     assert as_set(mine_triplets(miner, x, labels)) == brute_force(x, labels, lambda *_: True)  # 12·2·9
 
 
 def test_miners_that_do_not_fit_the_dataset_are_refused():
-    folder = ClassDataModule(lambda: None, "x")
-    with pytest.raises(UserFacingError, match=r"ssim_negative_pools.*dataset=folder\|csv.*mining=random"):
-        check_mining_fits(folder, functools.partial(ssim_negative_pools, top_k=5))
-    with pytest.raises(UserFacingError, match=r"\(CurrentModelNegatives\) mines negative pools"):
-        check_mining_fits(folder, instantiate(compose_cfg("train.yaml", ["mining=current_model"]).mining))
-    check_mining_fits(folder, functools.partial(random_negative_pools))  # every triplet
-    batch_hard, _ = configured_miner("batch_hard")
-    with pytest.raises(UserFacingError, match=r"landmark sets .* use mining=random or mining=ssim"):
-        check_mining_fits(object(), batch_hard)
-    check_mining_fits(object(), functools.partial(random_negative_pools))
+    """Each kind of set composes only its own group: class sets have no ``mining`` (negative
+    pools) and landmark sets no ``batch_miner``, so Hydra refuses the other kind's options."""
+    for option in ("ssim", "current_model", "random", "batch_hard"):
+        with pytest.raises(ConfigCompositionException, match=r"Could not override 'mining'"):
+            compose_cfg("train.yaml", ["dataset=folder", f"mining={option}"])
+    with pytest.raises(MissingConfigException,
+                       match=r"(?s)Could not find 'mining/batch_hard'.*Available options in 'mining'"
+                             r".*current_model.*random.*ssim"):
+        compose_cfg("train.yaml", ["mining=batch_hard"])
+    for option in ("all", "semi_hard"):
+        with pytest.raises(ConfigCompositionException, match=r"Could not override 'batch_miner'"):
+            compose_cfg("train.yaml", [f"batch_miner={option}"])
+    # every triplet on a class set, the landmark sets' own random pools on a landmark set
+    assert configured_miner("all")[0] is None
+    assert instantiate(compose_cfg("train.yaml", []).mining).func is random_negative_pools
+
+
+def test_negative_pool_sources_meet_the_datamodule_contract():
+    """Per-epoch sources are told apart by their protocol, not by what they are."""
+    assert isinstance(CurrentModelNegatives(), EpochNegativePoolSource)
+    for static in (functools.partial(random_negative_pools), functools.partial(ssim_negative_pools, top_k=5),
+                   instantiate(compose_cfg("train.yaml", ["mining=ssim"]).mining)):
+        assert not isinstance(static, EpochNegativePoolSource)
+    assert isinstance(instantiate(compose_cfg("train.yaml", ["mining=current_model"]).mining),
+                      EpochNegativePoolSource)
 
 
 # ------------------------------------------------------------------------------ the module
@@ -196,7 +213,7 @@ def test_nothing_mined_gives_a_zero_loss_that_backpropagates():
     assert loss.item() == 0.0 and m.net[1].weight.grad is not None
 
 
-@pytest.mark.parametrize("option", ["random", "batch_hard", "semi_hard"])
+@pytest.mark.parametrize("option", ["all", "batch_hard", "semi_hard"])
 def test_a_few_mined_steps_improve_recall(option):
     """Classes live in 4 of 8 input dimensions and larger noise in the other 4, so a random
     linear embedding ranks mostly by noise: mined triplet steps must learn to ignore it."""

@@ -10,7 +10,7 @@ from tests.conftest import run_script as run
 from tests.conftest import small_run
 
 # augmentations on, so that the RNG of the transforms matters too
-SETTINGS = ["augmentation=seed", "trainer.deterministic=true", "evaluate_before=false",
+SETTINGS = ["augmentation=reference", "trainer.deterministic=true", "evaluate_before=false",
             "evaluate_after=false", "dataset.triplets_per_epoch=12"]
 
 

@@ -15,12 +15,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from retrieval.evaluation.whitening import fit_whitening, l2_normalize
-from retrieval.serving.database import (CheckpointMismatchError, DatabaseArtifact, DatabaseError,
-                                        load_database)
+from retrieval.evaluation.vectors import l2_normalize
+from retrieval.evaluation.whitening import fit_whitening
 from retrieval.pipelines.query import run_query
-from retrieval.serving.searcher import DatabaseSearcher
+from retrieval.serving.database import CheckpointMismatchError, DatabaseArtifact, DatabaseError, load_database
 from retrieval.serving.search import SearchIndex
+from retrieval.serving.searcher import DatabaseSearcher
 from retrieval.utils.errors import UserFacingError
 from tests.test_configs import compose_cfg
 from tests.test_formats import write_vgg

@@ -10,12 +10,9 @@ from hypothesis import strategies as st
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
-from retrieval.mining.ssim import (
-    ImageStats,
-    ssim_many_vs_many,
-    ssim_one_vs_many,
-    ssim_one_vs_many_torch,
-)
+from retrieval.mining.ssim import ssim_many_vs_many, ssim_one_vs_many
+from retrieval.mining.ssim_stats import ImageStats
+from retrieval.mining.ssim_torch import ssim_one_vs_many_torch
 
 TOL = 1e-5
 SHAPES = [(7, 7), (20, 13), (37, 50), (64, 64), (90, 121)]

@@ -16,7 +16,9 @@ from retrieval.data.ground_truth import Query, RetrievalGroundTruth
 from retrieval.mining import ssim_miner
 from retrieval.mining.crops import CropSpec, build_crop_cache
 from retrieval.mining.crops import load_crop as _load_crop
-from retrieval.mining.ssim_miner import QuerySpec, mine_ssim_negatives, negative_pools_for
+from retrieval.mining.pools import negative_pools_for
+from retrieval.mining.ssim_miner import mine_ssim_negatives
+from retrieval.mining.ssim_store import QuerySpec
 
 CROP, TOP_K, N_IMAGES = 64, 10, 30
 PARAMS = {"top_k": TOP_K, "crop_size": CROP, "show_progress": False, "device": "cpu"}

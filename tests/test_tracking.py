@@ -8,13 +8,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retrieval.data.class_ground_truth import ClassGroundTruth
 from retrieval.data.ground_truth import Query, RetrievalGroundTruth
 from retrieval.evaluation.protocols import EvaluationResult
-from retrieval.data import relevance as rel
 from retrieval.tracking.embedding_plot import group_colours, plot_embeddings, project_2d
 from retrieval.tracking.offline_run import offline_runs, read_offline_run
-from retrieval.tracking.retrieval_grid import (BLUE, BOX, COLOURS, build_grid_rows, cell_origin,
-                                               draw_retrieval_grid, save_retrieval_grid)
+from retrieval.tracking.retrieval_grid import (
+    BLUE,
+    BOX,
+    COLOURS,
+    build_grid_rows,
+    cell_origin,
+    draw_retrieval_grid,
+    save_retrieval_grid,
+)
 from retrieval.tracking.wandb_run import create_wandb_logger, finishing_wandb_run
 from tests.conftest import run_script, tiny_run
 
@@ -69,14 +76,13 @@ def test_grid_frames_each_result_by_its_ground_truth(tmp_path):
 
 def test_relevance_of_revisited_and_class_labelled_ground_truth(tmp_path):
     revisited = _landmark_gt(tmp_path, "revisited")
-    assert rel.relevance(revisited, 0, [3, 1, 2, 0]) == ["hard", "easy", "junk", "wrong"]
-    assert rel.database_groups(revisited) == ["other", "arch", "other", "arch", "tower", "other"]
-    paths = _images(tmp_path / "gallery", 4)  # leave-one-out gallery, like ClassGroundTruth
-    gallery = SimpleNamespace(name="g", protocol="leave_one_out", image_paths=paths,
-                              image_names=[p.stem for p in paths], labels=np.array([0, 1, 0, 1]),
-                              class_names=["daisy", "rose"])
-    assert rel.relevance(gallery, 0, [2, 1]) == ["same", "wrong"]
-    assert rel.query_groups(gallery) == ["daisy", "rose", "daisy", "rose"]
+    assert revisited.relevance(0, [3, 1, 2, 0]) == ["hard", "easy", "junk", "wrong"]
+    assert revisited.database_groups() == ["other", "arch", "other", "arch", "tower", "other"]
+    paths = _images(tmp_path / "gallery", 4)  # leave-one-out gallery
+    gallery = ClassGroundTruth("g", [p.stem for p in paths], paths, np.array([0, 1, 0, 1]),
+                               ["daisy", "rose"])
+    assert gallery.relevance(0, [2, 1]) == ["same", "wrong"]
+    assert gallery.query_groups() == ["daisy", "rose", "daisy", "rose"]
     rows = build_grid_rows(_result([[2, 1, 3], [3, 0, 2]], protocol="leave_one_out"), gallery, [0, 1], 3, 32)
     assert [c.label for c in rows[1].results] == ["same", "wrong", "wrong"]
     unknown = SimpleNamespace(protocol="recall", image_paths=paths)  # no labels: not drawn
@@ -111,7 +117,7 @@ def test_embedding_plot_colours_database_by_landmark(tmp_path):
     result = EvaluationResult("classic", {}, {}, np.zeros((2, 75), int), x[[0, 25]], x)
     out = plot_embeddings(result, gt, tmp_path / "plots" / "tsne.png", method="tsne")
     pixels = np.asarray(Image.open(out).convert("RGB")).reshape(-1, 3)
-    colours = group_colours([str(g) for g in rel.database_groups(gt)])
+    colours = group_colours([str(g) for g in gt.database_groups()])
     assert set(colours) == {"arch", "tower", "other"}
     for name, colour in colours.items():  # dots beyond the legend's 11x11 swatch
         assert (pixels == colour).all(axis=1).sum() > 121 + 40, name

@@ -1,4 +1,4 @@
-"""Protocol splits and per-epoch triplet draws."""
+"""Train/val splits (the split group) and per-epoch triplet draws."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ from retrieval.mining.pools import random_negative_pools
 from tests.test_formats import write_vgg
 
 
-def test_seed_split_partitions_each_query_80_20(tmp_path):
+def test_reference_split_partitions_each_query_80_20(tmp_path):
     gt = load_classic_ground_truth(write_vgg(tmp_path), "tiny")
     split = split_positives_per_query(gt, 0.2, seed=3)
     train, val = split.train_pairs, split.val_pairs

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 
-from retrieval.evaluation.whitening import Whitening, fit_whitening, l2_normalize
+from retrieval.evaluation.vectors import l2_normalize
+from retrieval.evaluation.whitening import Whitening, fit_whitening
 
 
 def correlated(n: int, d: int, seed: int = 0) -> np.ndarray:

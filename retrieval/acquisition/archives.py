@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from PIL import Image
 
+from retrieval.utils.atomic import write_atomic
 from retrieval.utils.errors import DatasetError
 
 _CHUNK = 1 << 20
@@ -181,9 +182,7 @@ class Manifest:
                                f"(files are then re-verified or re-downloaded)") from None
 
     def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")  # write + rename: never half-written
-        tmp.write_text(json.dumps({"files": self.files}, indent=2, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps({"files": self.files}, indent=2, sort_keys=True))
 
 
 def unreadable_images(images_dir: Path, extensions: tuple[str, ...]) -> tuple[int, list[Path]]:

@@ -2,7 +2,8 @@
 
     retrieval-download dataset=oxford5k paths.data_dir=DATA_DIR
 
-Result (what :mod:`retrieval.data.landmark_formats` reads): ``<root>/<name>/jpg/`` (images at
+Which files make each dataset is :mod:`retrieval.acquisition.datasets`. Result (what
+:mod:`retrieval.data.landmark_formats` reads): ``<root>/<name>/jpg/`` (images at
 any depth: Paris unpacks as ``paris/<landmark>/*.jpg``), ``<root>/<name>/gt_files/`` (VGG
 ground-truth .txt files) for the classic sets, ``<root>/<name>/gnd_<name>.pkl`` for the
 revisited ones. Archives are fetched into ``<root>/<name>/archives/`` (resumable ``.part``
@@ -15,10 +16,8 @@ symlink) instead of downloading 2-4.5 GB again.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,81 +39,21 @@ from retrieval.acquisition.archives import (
     unreadable_images,
     verify_file,
 )
+from retrieval.acquisition.datasets import (
+    DATASETS,
+    GROUND_TRUTH,
+    IMAGES,
+    KEEP,
+    PINNED_HINT,
+    DatasetSpec,
+    RemoteFile,
+)
 from retrieval.acquisition.fetch import DownloadFailed, FetchOptions, fetch_first
 from retrieval.data.landmark_formats import IMAGE_EXTENSIONS
+from retrieval.utils.atomic import scratch_directory
 from retrieval.utils.errors import DatasetError
 
-IMAGES, GROUND_TRUTH, KEEP = "jpg", "gt_files", "."  # where a file's content ends up
 ARCHIVES = "archives"  # where downloads wait (and users may drop files by hand)
-_PINNED_HINT = ("The expected values are pinned in retrieval/acquisition/download.py; if the "
-                "publisher has re-released the file, run again with ignore_pinned=true.")
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One published file: where to get it, what it must be, where its content goes."""
-
-    name: str
-    urls: tuple[str, ...]  # official locations, tried in order
-    place: str  # IMAGES / GROUND_TRUTH (tar archives unpacked there) or KEEP (kept as is)
-    size: int | None = None  # exact bytes, where known
-    md5: str | None = None
-    sha256: str | None = None
-
-    def pinned_checksums(self) -> dict[str, str]:
-        return {k: v for k, v in (("md5", self.md5), ("sha256", self.sha256)) if v}
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    summary: str  # for --help: size and content
-    files: tuple[RemoteFile, ...]
-    shares_images_with: str | None = None  # classic set whose unpacked jpg/ can be reused
-
-
-_VGG = "https://www.robots.ox.ac.uk/~vgg/data"
-_THOR = "https://thor.robots.ox.ac.uk/datasets"  # where the VGG links redirect to today
-_CMP = "https://cmp.felk.cvut.cz"
-
-# Sources: file names and URLs as in filipradenovic/revisitop python/download.py and
-# cnnimageretrieval-pytorch cirtorch/utils/download.py (images, gnd pkl) and the VGG dataset
-# pages (ground-truth archives). VGG publishes no checksums for these files; the two pinned
-# for Oxford (and its size) come from third-party download scripts that verify them. Paris and
-# the pickles are checked by size against Content-Length and then trust-on-first-use (sha256
-# in .download.json). If a publisher re-releases a file, --ignore-pinned skips the pins.
-_OXFORD_IMAGES = RemoteFile(
-    "oxbuild_images-v1.tgz",
-    (f"{_VGG}/oxbuildings/oxbuild_images-v1.tgz", f"{_THOR}/oxford-buildings/oxbuild_images-v1.tgz"),
-    IMAGES, size=1_938_238_004, md5="8f0017cc5d671f35011d6968269fbf47")
-_PARIS_IMAGES = tuple(
-    RemoteFile(f"paris_{k}-v1.tgz",
-               (f"{_VGG}/parisbuildings/paris_{k}-v1.tgz", f"{_THOR}/paris-buildings/paris_{k}-v1.tgz"),
-               IMAGES)
-    for k in (1, 2))
-
-
-def _gnd_pkl(name: str) -> RemoteFile:
-    return RemoteFile(f"gnd_{name}.pkl", (f"{_CMP}/revisitop/data/datasets/{name}/gnd_{name}.pkl",
-                                          f"{_CMP}/cnnimageretrieval/data/test/{name}/gnd_{name}.pkl"),
-                      KEEP)
-
-
-DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
-    DatasetSpec("oxford5k", "~1.9 GB; 5062 images, 55 queries (VGG Oxford Buildings)", (
-        _OXFORD_IMAGES,
-        RemoteFile("gt_files_170407.tgz", (f"{_VGG}/oxbuildings/gt_files_170407.tgz",
-                                           f"{_THOR}/oxford-buildings/gt_files_170407.tgz"),
-                   GROUND_TRUTH, md5="06c4dee0ad954f6ee122c82390548537"))),
-    DatasetSpec("paris6k", "~2.5 GB; 6412 images (~20 unreadable), 55 queries (VGG Paris)", (
-        *_PARIS_IMAGES,
-        RemoteFile("paris_120310.tgz", (f"{_VGG}/parisbuildings/paris_120310.tgz",
-                                        f"{_THOR}/paris-buildings/paris_120310.tgz"), GROUND_TRUTH))),
-    DatasetSpec("roxford5k", "~1.9 GB; Oxford images + revisited gnd (70 queries, CMP revisitop)",
-                (_OXFORD_IMAGES, _gnd_pkl("roxford5k")), shares_images_with="oxford5k"),
-    DatasetSpec("rparis6k", "~2.5 GB; Paris images + revisited gnd (70 queries, CMP revisitop)",
-                (*_PARIS_IMAGES, _gnd_pkl("rparis6k")), shares_images_with="paris6k"),
-)}
 
 
 @dataclass
@@ -201,7 +140,7 @@ def _obtain(remote: RemoteFile, urls: tuple[str, ...], folder: Path, manifest: M
         record = manifest.files[remote.name] = {**record, "url": url}
         report.downloaded.append(remote.name)
     digests = verify_file(path, size=size, checksums={} if ignore_pinned else remote.pinned_checksums(),
-                          hint=_PINNED_HINT)
+                          hint=PINNED_HINT)
     if "sha256" in record:  # trust on first use: it must still be the file first downloaded
         digests = verify_file(path, size=record["size"], checksums={"sha256": record["sha256"]},
                               hint=f"The expected sha256 was recorded in {manifest.path} at the "
@@ -217,20 +156,18 @@ def _place(remote: RemoteFile, path: Path, folder: Path, manifest: Manifest) -> 
     if remote.place == KEEP:
         os.replace(path, folder / remote.name)
         return 1
-    scratch = Path(tempfile.mkdtemp(prefix=f".unpack-{remote.name}-", dir=folder))
-    try:
-        count = safe_extract(path, scratch)
-        if remote.place == GROUND_TRUTH:
-            flatten_files(scratch, folder / GROUND_TRUTH)
-        else:
-            move_tree(scratch, folder / remote.place)
-    except DatasetError:
-        path.unlink(missing_ok=True)  # a corrupt or hostile archive is of no further use
-        manifest.files.pop(remote.name, None)
-        manifest.save()
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with scratch_directory(folder, f"unpack-{remote.name}") as scratch:
+        try:
+            count = safe_extract(path, scratch)
+            if remote.place == GROUND_TRUTH:
+                flatten_files(scratch, folder / GROUND_TRUTH)
+            else:
+                move_tree(scratch, folder / remote.place)
+        except DatasetError:
+            path.unlink(missing_ok=True)  # a corrupt or hostile archive is of no further use
+            manifest.files.pop(remote.name, None)
+            manifest.save()
+            raise
     return count
 
 
@@ -245,7 +182,7 @@ def download_dataset(name: str, root: str | Path = "data", *, mirror: str | None
     if name not in table:
         raise DatasetError(f"unknown dataset '{name}'; choose one of {', '.join(table)}")
     spec, console = table[name], console or Console(stderr=True)
-    options = dataclasses.replace(options or FetchOptions(), size_hint=_PINNED_HINT)
+    options = dataclasses.replace(options or FetchOptions(), size_hint=PINNED_HINT)
     folder = Path(root).expanduser().resolve() / name
     folder.mkdir(parents=True, exist_ok=True)
     manifest, report = Manifest(folder), DownloadReport(name, folder)
@@ -294,12 +231,3 @@ def _print_summary(report: DownloadReport, console: Console, root: str | Path) -
     console.print(f"{report.dataset}: ready in {report.folder} (downloaded "
                   f"{len(report.downloaded)}, unpacked {len(report.extracted)} file(s)). Use it "
                   f"with dataset={report.dataset} paths.data_dir={root}")
-
-
-def dataset_table(table: dict[str, DatasetSpec] = DATASETS) -> str:
-    """Every downloadable dataset with its approximate size and official sources."""
-    lines = []
-    for spec in table.values():
-        lines.append(f"  {spec.name:<10} {spec.summary}")
-        lines.extend(f"{'':13}{f.urls[0]}" for f in spec.files)
-    return "\n".join(lines)

@@ -40,12 +40,16 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and not path.name.startswith(".")
 
 
+def _given(path: str | Path | None, name: str, option: str, what: str) -> Path:
+    """``path`` expanded; None (the option was not set) is an error saying what to pass."""
+    if path is None:
+        raise DatasetError(f"dataset={name} needs {option}, {what}. {GENERATE_HINT}")
+    return Path(path).expanduser()
+
+
 def read_class_folders(root: str | Path | None, name: str = "folder") -> ClassGroundTruth:
     """Every image below ``<root>/<class>/``; classes sorted by name."""
-    if root is None:
-        raise DatasetError(f"dataset={name} needs dataset.root=DIR, a folder with one sub-folder "
-                           f"of images per class. {GENERATE_HINT}")
-    root = Path(root).expanduser()
+    root = _given(root, name, "dataset.root=DIR", "a folder with one sub-folder of images per class")
     if not root.is_dir():
         raise DatasetError(f"class folder root {root} does not exist (dataset.root=DIR). {GENERATE_HINT}")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -72,10 +76,8 @@ def read_class_folders(root: str | Path | None, name: str = "folder") -> ClassGr
 def read_class_csv(csv_path: str | Path | None, image_root: str | Path | None = None,
                    name: str = "csv") -> ClassGroundTruth:
     """Rows of ``path,label[,split]`` (a header line names the columns)."""
-    if csv_path is None:
-        raise DatasetError(f"dataset={name} needs dataset.csv=FILE, a CSV whose header names the "
-                           f"columns path,label[,split]. {GENERATE_HINT}")
-    csv_path = Path(csv_path).expanduser()
+    csv_path = _given(csv_path, name, "dataset.csv=FILE",
+                      "a CSV whose header names the columns path,label[,split]")
     if not csv_path.is_file():
         raise DatasetError(f"CSV file {csv_path} does not exist (dataset.csv=FILE)")
     base = Path(image_root).expanduser() if image_root is not None else csv_path.parent
@@ -93,7 +95,8 @@ def read_class_csv(csv_path: str | Path | None, image_root: str | Path | None = 
                            f"{', '.join(missing)}. The first line must name the columns, e.g. "
                            f"'path,label' or 'path,label,split' (split: {'/'.join(SPLITS)}).")
     at = {c: columns.index(c) for c in (*REQUIRED_COLUMNS, "split") if c in columns}
-    entries, problems, seen = [], [], {}
+    entries, problems = [], []
+    seen: dict[str, int] = {}  # path -> the line it first appears on
     for line, row in rows[1:]:
         where = f"{csv_path}:{line}"
         if len(row) < len(columns):

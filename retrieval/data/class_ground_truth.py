@@ -3,23 +3,27 @@
 Unlike a landmark set there are no designated queries: every image is a query against all
 the others (leave-one-out), and its positives are the other images of its class. The
 evaluation code recognises this type (see :mod:`retrieval.evaluation.protocols`) and uses
-one set of embeddings as both queries and database.
+one set of embeddings as both queries and database. It implements
+:class:`~retrieval.data.truth.GroundTruth`: query i is database image i.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from retrieval.data.truth import SAME, WRONG
 
 LEAVE_ONE_OUT = "leave_one_out"
 
 
 @dataclass(frozen=True)
 class ClassItem:
-    """One image seen as a query. Field names follow :class:`~retrieval.datamodules.
-    ground_truth.Query` (``name``, ``path``, ``bbox``), so code written for landmark queries
-    (reports, plots) reads these too; ``landmark`` is the class name for the same reason."""
+    """One image seen as a query. Field names follow :class:`~retrieval.data.ground_truth.
+    Query` (``name``, ``path``, ``bbox``), so code written for landmark queries (reports)
+    reads these too; ``landmark`` is the class name for the same reason."""
 
     name: str
     path: Path
@@ -63,6 +67,24 @@ class ClassGroundTruth:
         """Every image is a query (leave-one-out); built on demand, it is cheap."""
         return [ClassItem(n, p, self.class_names[c])
                 for n, p, c in zip(self.image_names, self.image_paths, self.labels.tolist())]
+
+    # --- GroundTruth (retrieval.data.truth) ---------------------------------------------
+    def relevance(self, query: int, database: Sequence[int]) -> list[str]:
+        """"same" for an image of the query's class, else wrong."""
+        own = self.labels[query]
+        return [SAME if self.labels[int(i)] == own else WRONG for i in database]
+
+    def query_groups(self) -> list[str]:
+        return [self.class_names[c] for c in self.labels.tolist()]
+
+    def database_groups(self) -> list[str]:
+        return self.query_groups()  # the gallery is both
+
+    def query_image(self, query: int) -> tuple[Path, None]:
+        return Path(self.image_paths[query]), None
+
+    def query_name(self, query: int) -> str:
+        return str(self.image_names[query])
 
     def class_sizes(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=len(self.class_names))

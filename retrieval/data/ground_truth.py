@@ -3,16 +3,22 @@
 Both the VGG "classic" text files (Oxford5k / Paris6k) and the revisited pickles
 (ROxford5k / RParis6k) are parsed into one :class:`RetrievalGroundTruth`, so that mining,
 training and evaluation never look at file formats. Indices always point into
-``image_names`` / ``image_paths`` (the database).
+``image_names`` / ``image_paths`` (the database). It implements
+:class:`~retrieval.data.truth.GroundTruth`, through which results are drawn and served.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-BBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the original image
+from retrieval.data.truth import OTHER, WRONG, BBox
+
+# the labels of each protocol: two kinds of positive (classic: good ∪ ok; revisited Medium:
+# easy ∪ hard), then junk, which AP ignores
+LABELS = {"classic": ("good", "ok", "junk"), "revisited": ("easy", "hard", "junk")}
 
 
 def _index_array(values=()) -> np.ndarray:
@@ -51,6 +57,15 @@ class Query:
         """
         return np.union1d(self.positives, self.junk)
 
+    def labels(self) -> dict[int, str]:
+        """The label of every database image tied to this query. Labels should not overlap;
+        where they do, the stronger one wins: good > easy > ok > hard > junk."""
+        lookup: dict[int, str] = {}
+        for name, indices in (("junk", self.junk), ("hard", self.hard), ("ok", self.ok),
+                              ("easy", self.easy), ("good", self.good)):
+            lookup.update(dict.fromkeys(np.asarray(indices).ravel().tolist(), name))
+        return lookup
+
 
 @dataclass(frozen=True)
 class RetrievalGroundTruth:
@@ -85,7 +100,31 @@ class RetrievalGroundTruth:
             object.__setattr__(self, "_index_cache", cache)
         return cache
 
-    def subset_queries(self, keep: list[int]) -> "RetrievalGroundTruth":
+    # --- GroundTruth (retrieval.data.truth) ---------------------------------------------
+    def relevance(self, query: int, database: Sequence[int]) -> list[str]:
+        """good / ok / junk (classic) or easy / hard / junk (revisited), else wrong."""
+        labels = self.queries[query].labels()
+        return [labels.get(int(i), WRONG) for i in database]
+
+    def query_groups(self) -> list[str]:
+        return [q.landmark for q in self.queries]
+
+    def database_groups(self) -> list[str]:
+        """The landmark of every image that is a positive of one of its queries, else OTHER."""
+        groups = [OTHER] * len(self.image_names)
+        for q in self.queries:
+            for i in q.positives.tolist():
+                groups[i] = q.landmark
+        return groups
+
+    def query_image(self, query: int) -> tuple[Path, BBox | None]:
+        q = self.queries[query]
+        return Path(q.path), q.bbox
+
+    def query_name(self, query: int) -> str:
+        return self.queries[query].name
+
+    def subset_queries(self, keep: list[int]) -> RetrievalGroundTruth:
         return RetrievalGroundTruth(
             self.name, self.image_names, self.image_paths,
             [self.queries[i] for i in keep], self.protocol, self.skipped,

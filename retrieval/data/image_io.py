@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from retrieval.data.ground_truth import BBox
+from retrieval.data.truth import BBox
 
 # Refuse decompression bombs instead of letting one image take the machine's memory:
 # 400 megapixels is far beyond any retrieval benchmark image (Oxford's are 1024 px).
@@ -65,8 +65,9 @@ def image_problem(path: Path) -> str | None:
             with Image.open(path) as image:
                 width, height, kind = image.width, image.height, image.format
                 image.verify()  # structure checks (PNG chunk CRCs, ...)
-        if width * height > Image.MAX_IMAGE_PIXELS:
-            return f"{width}x{height} pixels: over the {Image.MAX_IMAGE_PIXELS:,}-pixel limit"
+        limit = Image.MAX_IMAGE_PIXELS  # None: the user lifted the limit
+        if limit is not None and width * height > limit:
+            return f"{width}x{height} pixels: over the {limit:,}-pixel limit"
         if kind == "JPEG":
             with path.open("rb") as f:
                 f.seek(max(size - 1024, 0))

@@ -20,6 +20,7 @@ from rich.progress import track
 
 from retrieval.data.ground_truth import Query, RetrievalGroundTruth
 from retrieval.data.image_io import image_problem
+from retrieval.data.truth import BBox
 from retrieval.utils.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -120,13 +121,15 @@ def load_classic_ground_truth(
     queries = []
     for query_file in query_files:
         match = _QUERY_FILE.match(query_file.name)
+        assert match is not None  # query_files holds only names that match
         stem = query_file.name[: -len("_query.txt")]
         query_name, bbox = parse_query_line(query_file)
         if query_name in skipped:
             raise DatasetError(f"{query_file}:1 names query image '{query_name}', which is unreadable "
                                f"({skipped[query_name]}); re-download the dataset")
         if query_name not in images:
-            raise DatasetError(f"{query_file}:1 names query image '{query_name}', which is not in {root / images_dir}")
+            raise DatasetError(f"{query_file}:1 names query image '{query_name}', which is not in "
+                               f"{root / images_dir}")
         labels = {}
         for label in ("good", "ok", "junk"):
             label_file = gt_path / f"{stem}_{label}.txt"
@@ -173,7 +176,10 @@ def load_revisited_ground_truth(
         labels = {k: np.asarray(sorted(np.asarray(entry.get(k, []), dtype=np.int64).ravel()), dtype=np.int64)
                   for k in ("easy", "hard", "junk")}
         bbx = entry.get("bbx")
-        bbox = tuple(float(v) for v in bbx) if bbx is not None and len(bbx) == 4 else None
+        bbox: BBox | None = None
+        if bbx is not None and len(bbx) == 4:
+            x1, y1, x2, y2 = (float(v) for v in bbx)
+            bbox = (x1, y1, x2, y2)
         landmark = re.sub(r"_\d+$", "", q_name)
         queries.append(Query(name=q_name, landmark=landmark, path=images[q_name], bbox=bbox, **labels))
     return RetrievalGroundTruth(name, list(imlist), [images[n] for n in imlist], queries, "revisited")

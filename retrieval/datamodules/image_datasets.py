@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from retrieval.data.ground_truth import BBox
+from retrieval.data.truth import BBox
 from retrieval.data.image_io import load_rgb
 
 Transform = Callable[[object], torch.Tensor]

@@ -3,6 +3,11 @@
 Training yields triplets; validation yields three loaders: validation triplets (loss),
 query images (cropped to their box) and database images. The evaluation callback turns
 the embeddings of the last two into retrieval metrics.
+
+``split`` (the ``split`` config group) divides the (query, positive) pairs into training
+and validation and says which queries are evaluated; ``negative_pools`` (the ``mining``
+group, a :mod:`~retrieval.datamodules.negative_pools` source) gives each query the images
+its triplets take their negatives from. Evaluation-only commands pass no pools.
 """
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ from torch.utils.data import DataLoader
 
 from retrieval.data.ground_truth import RetrievalGroundTruth
 from retrieval.datamodules.image_datasets import ImageListDataset, TripletDataset
+from retrieval.datamodules.negative_pools import EpochNegativePoolSource, NegativePools
 from retrieval.datamodules.transforms import eval_transform, train_transform
-from retrieval.datamodules.triplets import ProtocolSplit, draw_triplets, split_positives_per_query
+from retrieval.datamodules.triplets import PairSplit, SplitFunction, draw_triplets, split_positives_per_query
 from retrieval.utils.errors import DatasetError, dataset_missing_message
 
 log = logging.getLogger(__name__)
@@ -38,8 +44,8 @@ class LandmarkDataModule(L.LightningDataModule):
         eval_batch_size: int = 32,
         num_workers: int = 2,
         augmentations: Mapping | Sequence = (),
-        negative_pools: Callable[..., list[np.ndarray]] | None = None,
-        split: Callable[[RetrievalGroundTruth], ProtocolSplit] = split_positives_per_query,
+        negative_pools: NegativePools | None = None,
+        split: SplitFunction = split_positives_per_query,
         eval_ground_truth: Callable[[], RetrievalGroundTruth] | None = None,
         query_crop: bool = True,
         train_anchor_crop: bool = False,
@@ -59,7 +65,9 @@ class LandmarkDataModule(L.LightningDataModule):
         self.augmentations = list(augmentations.values() if isinstance(augmentations, Mapping)
                                   else augmentations)
         self.negative_pools_fn = negative_pools
-        self.split = split
+        # the split function; setup() applies it and keeps its result as self.split
+        self.make_split = split
+        self.split: PairSplit | None = None
         self.load_eval_ground_truth = eval_ground_truth  # cross-dataset: evaluate elsewhere
         self.query_crop, self.train_anchor_crop = query_crop, train_anchor_crop
         self.cache_dir = Path(cache_dir)
@@ -77,15 +85,15 @@ class LandmarkDataModule(L.LightningDataModule):
         if self.gt is not None:
             return
         self.gt = self.read_ground_truth()
-        self.protocol = self.split(self.gt)
-        self.train_pairs, self.val_pairs = self.protocol.train_pairs, self.protocol.val_pairs
+        self.split = self.make_split(self.gt)
+        self.train_pairs, self.val_pairs = self.split.train_pairs, self.split.val_pairs
         log.info("%s: %d database images, %d queries, %d train / %d val (query, positive) pairs",
                  self.gt.name, len(self.gt.image_names), len(self.gt.queries),
                  len(self.train_pairs), len(self.val_pairs))
         if self.load_eval_ground_truth is not None:
             self.eval_gt = self.read_ground_truth(self.load_eval_ground_truth)
-        elif self.protocol.eval_queries is not None:
-            self.eval_gt = self.gt.subset_queries(self.protocol.eval_queries.tolist())
+        elif self.split.eval_queries is not None:
+            self.eval_gt = self.gt.subset_queries(self.split.eval_queries.tolist())
         else:
             self.eval_gt = self.gt
         self.negative_pools: list[np.ndarray] | None = None
@@ -93,14 +101,14 @@ class LandmarkDataModule(L.LightningDataModule):
 
     @property
     def evaluates_on_training_anchors(self) -> bool:
-        return self.load_eval_ground_truth is None and self.protocol.evaluates_on_training_anchors
+        return self.load_eval_ground_truth is None and self.split.evaluates_on_training_anchors
 
     def read_ground_truth(self, loader: Callable[[], RetrievalGroundTruth] | None = None) -> RetrievalGroundTruth:
         """Read a ground truth; a missing or broken dataset becomes one readable paragraph."""
         loader = loader or self.load_ground_truth
         if loader is self.load_ground_truth:
             name, root, how_to_get = self.name, self.root, self.how_to_get
-        else:  # the evaluation set of a cross-dataset protocol: its reader names it
+        else:  # the evaluation set of split=cross (another dataset): its reader names it
             keywords = getattr(loader, "keywords", {})
             name, root = keywords.get("name", "evaluation set"), keywords.get("root", "?")
             how_to_get = f"Download it with `retrieval-download dataset={name} paths.data_dir=DATA_DIR`."
@@ -111,15 +119,16 @@ class LandmarkDataModule(L.LightningDataModule):
 
     def _pools(self, epoch: int | None = None) -> list[np.ndarray]:
         """The negative pools; ``epoch`` None (validation triplets): whatever is current."""
-        if getattr(self.negative_pools_fn, "needs_model", False):
+        if isinstance(self.negative_pools_fn, EpochNegativePoolSource):
             if epoch is None and self.negative_pools is not None:
                 return self.negative_pools
             return self._pools_from_current_model(epoch or 0)
         if self.negative_pools is None:
             if self.negative_pools_fn is None:
-                raise ValueError("this datamodule was built without a negative miner (mining=...)")
+                raise ValueError("this datamodule was built without negative pools (mining=...; "
+                                 "train.py passes them, evaluation builds no triplets)")
             pools = self.negative_pools_fn(self.gt, cache_dir=self.cache_dir / self.gt.name)
-            held_out = self.protocol.held_out_images
+            held_out = self.split.held_out_images
             self.negative_pools = [np.setdiff1d(pool, held_out) for pool in pools] if len(held_out) else pools
         return self.negative_pools
 
@@ -129,9 +138,9 @@ class LandmarkDataModule(L.LightningDataModule):
             module = self.trainer.lightning_module if self.trainer is not None else None
             if module is None:
                 raise ValueError("mining=current_model needs the model: use the datamodule in a Trainer")
-            self.negative_pools = self.negative_pools_fn(
+            self.negative_pools = self.negative_pools_fn.pools_for_epoch(
                 self.gt, model=module, epoch=epoch, seed=self.seed, image_size=self.image_size,
-                query_bboxes=self._anchor_bboxes(), held_out=self.protocol.held_out_images)
+                query_bboxes=self._anchor_bboxes(), held_out=self.split.held_out_images)
             self._pools_epoch = epoch
         return self.negative_pools
 

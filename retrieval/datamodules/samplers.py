@@ -1,4 +1,4 @@
-"""P×K class-balanced batches for online mining: P classes, K images of each.
+"""P×K class-balanced batches for in-batch mining: P classes, K images of each.
 
 Why not pytorch-metric-learning's ``MPerClassSampler``, which yields the same batch shape:
 

@@ -1,6 +1,6 @@
 """Image transforms built from torchvision transforms v2.
 
-Evaluation resizes every image to a fixed square: the seed's flatten head needs one
+Evaluation resizes every image to a fixed square: the reference's flatten head needs one
 input size, and fixed sizes batch. Training augmentations are given by the
 ``augmentation`` config group as a list of v2 transforms applied before that resize.
 """

@@ -1,13 +1,13 @@
-"""Training protocols as pure functions: which (query, positive) pairs train and validate,
-which queries are evaluated, which images training must never see, and how a negative
-joins each pair to make a triplet.
+"""Train/val splits of a landmark set as pure functions (the ``split`` config group): which
+(query, positive) pairs train and validate, which queries are evaluated, which images
+training must never see; and how a negative joins each pair to make a triplet.
 
 Pairs are ``(n, 2)`` int64 arrays of ``(query index, database index)``.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +16,7 @@ from retrieval.data.ground_truth import RetrievalGroundTruth
 
 
 @dataclass(frozen=True)
-class ProtocolSplit:
+class PairSplit:
     train_pairs: np.ndarray
     val_pairs: np.ndarray
     # queries the retrieval metrics use (None: all of them)
@@ -25,6 +25,10 @@ class ProtocolSplit:
     held_out_images: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     # True when the evaluated queries are also training anchors (optimistic numbers)
     evaluates_on_training_anchors: bool = True
+
+
+# what the split group instantiates (a Hydra partial of one of the functions below)
+SplitFunction = Callable[[RetrievalGroundTruth], PairSplit]
 
 
 def _pairs(query: int, positives: np.ndarray) -> np.ndarray:
@@ -36,12 +40,12 @@ def _concat(pairs: list[np.ndarray]) -> np.ndarray:
 
 
 def split_positives_per_query(gt: RetrievalGroundTruth, val_fraction: float = 0.2,
-                              seed: int = 0) -> ProtocolSplit:
-    """The seed project's protocol as its README states it: each query's training positives
-    (good ∪ ok ∪ junk, as the reference trains on) are shuffled and split, ``ceil(f·n)``
-    to validation (scikit-learn's rounding) and the rest to training; a query with a single
-    positive keeps it for training. The same queries are the evaluation queries, so test
-    numbers under this protocol are optimistic.
+                              seed: int = 0) -> PairSplit:
+    """The reference project's split as its README states it (``split=reference``): each
+    query's training positives (good ∪ ok ∪ junk, as the reference trains on) are shuffled
+    and split, ``ceil(f·n)`` to validation (scikit-learn's rounding) and the rest to
+    training; a query with a single positive keeps it for training. The same queries are
+    the evaluation queries, so test numbers under this split are optimistic.
     """
     rng = np.random.default_rng(seed)
     train, val = [], []
@@ -50,13 +54,14 @@ def split_positives_per_query(gt: RetrievalGroundTruth, val_fraction: float = 0.
         n_val = math.ceil(val_fraction * len(positives)) if len(positives) > 1 else 0
         val.append(_pairs(q, positives[:n_val]))
         train.append(_pairs(q, positives[n_val:]))
-    return ProtocolSplit(_concat(train), _concat(val))
+    return PairSplit(_concat(train), _concat(val))
 
 
-def split_by_query(gt: RetrievalGroundTruth, num_val_queries: int = 15) -> ProtocolSplit:
-    """The other reading of the reference code: queries sorted by name, the last
-    ``num_val_queries`` (on Oxford/Paris: the last three landmarks) validate. As in the
-    reference, all queries are evaluated, so training anchors are among them."""
+def split_by_query(gt: RetrievalGroundTruth, num_val_queries: int = 15) -> PairSplit:
+    """The other reading of the reference code (``split=reference_by_query``): queries
+    sorted by name, the last ``num_val_queries`` (on Oxford/Paris: the last three
+    landmarks) validate. As in the reference, all queries are evaluated, so training
+    anchors are among them."""
     order = sorted(range(len(gt.queries)), key=lambda q: gt.queries[q].name)
     cut = len(order) - num_val_queries
     if cut <= 0:
@@ -64,14 +69,15 @@ def split_by_query(gt: RetrievalGroundTruth, num_val_queries: int = 15) -> Proto
                          f"({len(order)} queries in {gt.name})")
     def pairs(qs: Sequence[int]) -> np.ndarray:
         return _concat([_pairs(q, gt.queries[q].labelled) for q in qs])
-    return ProtocolSplit(pairs(order[:cut]), pairs(order[cut:]))
+    return PairSplit(pairs(order[:cut]), pairs(order[cut:]))
 
 
 def split_by_landmark(gt: RetrievalGroundTruth, held_out: Sequence[str] | None = None,
-                      num_held_out: int = 3) -> ProtocolSplit:
-    """Landmark-disjoint protocol: the queries of the held-out landmarks (``held_out``, or the
-    last ``num_held_out`` landmarks by name) are the only evaluated ones, and every image
-    tied to them never enters training, not even as a negative. Leak-free."""
+                      num_held_out: int = 3) -> PairSplit:
+    """Landmark-disjoint split (``split=landmark_disjoint``): the queries of the held-out
+    landmarks (``held_out``, or the last ``num_held_out`` landmarks by name) are the only
+    evaluated ones, and every image tied to them never enters training, not even as a
+    negative. Leak-free."""
     landmarks = gt.landmarks
     held = sorted(held_out) if held_out else landmarks[-num_held_out:]
     unknown = set(held) - set(landmarks)
@@ -85,7 +91,7 @@ def split_by_landmark(gt: RetrievalGroundTruth, held_out: Sequence[str] | None =
     train = [_pairs(q, np.setdiff1d(query.labelled, held_out_images))
              for q, query in enumerate(gt.queries) if query.landmark not in held]
     val = [_pairs(q, gt.queries[q].labelled) for q in eval_queries]
-    return ProtocolSplit(_concat(train), _concat(val), eval_queries, held_out_images,
+    return PairSplit(_concat(train), _concat(val), eval_queries, held_out_images,
                          evaluates_on_training_anchors=False)
 
 

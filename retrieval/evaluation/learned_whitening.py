@@ -49,7 +49,8 @@ def fit_learned_whitening(descriptors: np.ndarray, pairs: np.ndarray, dim: int |
     x = signed_power(np.asarray(descriptors, dtype=np.float64), power)
     pairs = np.asarray(pairs, dtype=np.int64)
     if x.ndim != 2 or pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0:
-        raise ValueError(f"need (n, d) descriptors and (m, 2) matching pairs, got {x.shape} and {pairs.shape}")
+        raise ValueError(f"need (n, d) descriptors and (m, 2) matching pairs, got {x.shape} and "
+                         f"{pairs.shape}")
     if shrinkage < 0:
         raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
     d = x.shape[1]

@@ -9,8 +9,10 @@ import numpy as np
 
 from retrieval.data.class_ground_truth import LEAVE_ONE_OUT, ClassGroundTruth
 from retrieval.data.ground_truth import RetrievalGroundTruth
-from retrieval.evaluation.metrics import (class_metrics, classic_metrics, rank_by_similarity,
-                                          revisited_metrics)
+from retrieval.evaluation.class_metrics import class_metrics
+from retrieval.evaluation.landmark_metrics import classic_metrics, revisited_metrics
+from retrieval.evaluation.ranking import leave_one_out_rankings, rank_by_similarity
+from retrieval.evaluation.vectors import cosine_similarity
 
 
 @dataclass(frozen=True)
@@ -26,38 +28,9 @@ class EvaluationResult:
     database_embeddings: np.ndarray | None = None
 
 
-def cosine_similarity(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
-    """Cosine similarity of every query with every database vector (rows re-normalised, so
-    it is exact also after float16 storage or whitening)."""
-    return _unit_rows(queries) @ _unit_rows(database).T
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def leave_one_out_rankings(embeddings: np.ndarray, depth: int, chunk_elements: int = 1 << 24
-                           ) -> np.ndarray:
-    """For every item, the other items by decreasing cosine similarity, [n, min(depth, n-1)]
-    (ties keep index order, as rank_by_similarity). Built in row blocks of about
-    ``chunk_elements`` similarities, so memory stays O(block × n), never n × n; each row is
-    fully sorted (exact ties; ~10 s for a 10k-image gallery on one core)."""
-    x = _unit_rows(np.asarray(embeddings))
-    n = len(x)
-    depth = max(0, min(depth, n - 1))
-    rows = max(1, chunk_elements // max(n, 1))
-    out = np.empty((n, depth), dtype=np.int64)
-    for start in range(0, n, rows):
-        similarity = x[start:start + rows] @ x.T
-        block = np.arange(len(similarity))
-        similarity[block, start + block] = -np.inf  # the query itself ranks last: cut off
-        out[start:start + rows] = rank_by_similarity(similarity)[:, :depth]
-    return out
-
-
 def evaluate_leave_one_out(embeddings: np.ndarray, labels: np.ndarray,
                            ks: Sequence[int] = (1, 5, 10)) -> EvaluationResult:
-    """Every item queries all the others: MAP@R ("mAP"), R@k, P@k, mAP@k (metrics.class_metrics)."""
+    """Every item queries all the others: MAP@R ("mAP"), R@k, P@k, mAP@k (see class_metrics)."""
     largest_class = int(np.bincount(np.asarray(labels)).max(initial=1))
     rankings = leave_one_out_rankings(embeddings, max(max(ks), largest_class - 1))
     result = class_metrics(rankings, labels, ks)

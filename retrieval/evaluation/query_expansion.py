@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.evaluation.whitening import l2_normalize
+from retrieval.evaluation.vectors import l2_normalize
 
 # rows of the similarity matrix computed at once: 1024 x 100k float32 is 400 MB at most
 _CHUNK = 1024
@@ -49,7 +49,8 @@ def _expand(vectors: np.ndarray, pool: np.ndarray, n: int, alpha: float, exclude
     return l2_normalize(out).astype(np.float32, copy=False)
 
 
-def alpha_query_expansion(queries: np.ndarray, database: np.ndarray, n: int, alpha: float = 3.0) -> np.ndarray:
+def alpha_query_expansion(queries: np.ndarray, database: np.ndarray, n: int,
+                          alpha: float = 3.0) -> np.ndarray:
     """αQE: each query replaced by its weighted sum with its top-``n`` database vectors."""
     return _expand(queries, database, n, alpha, exclude_self=False)
 

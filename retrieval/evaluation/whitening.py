@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retrieval.evaluation.vectors import l2_normalize
+
 log = logging.getLogger(__name__)
 
 # Fitting in float64 keeps the whitened covariance exact to ~1e-10; above this many
@@ -36,10 +38,6 @@ _FLOAT64_MAX_ENTRIES = 1 << 26
 # Axes whose variance is below this fraction of the largest one are numerically empty
 # (duplicates, more dimensions than samples): whitening them would amplify rounding noise.
 _RANK_TOLERANCE = 1e-10
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def signed_power(x: np.ndarray, power: float) -> np.ndarray:
@@ -75,7 +73,7 @@ class Whitening:
         """Whitened, L2-normalised vectors (float32): ready for cosine / inner product."""
         return l2_normalize(self.transform(x)).astype(np.float32, copy=False)
 
-    def to_dict(self) -> dict[str, np.ndarray]:
+    def to_dict(self) -> dict[str, np.ndarray | np.float64]:
         """Plain arrays (for ``np.savez``)."""
         return {"mean": self.mean, "projection": self.projection,
                 "power": np.float64(self.power), "shrinkage": np.float64(self.shrinkage)}

@@ -16,8 +16,8 @@ centre ``crop_size`` x ``crop_size`` crop *without resizing*. Differences, chose
 
 The cache is one ``np.lib.format.open_memmap`` file (N, c, c) or (N, c, c, 3) uint8 per set
 of (files, sizes, mtimes, crop parameters) plus a JSON sidecar naming unreadable and
-small images. Both are written to temporary names and renamed into place, sidecar last,
-so a killed build leaves no half-written cache behind.
+small images. Both are written to temporary names and renamed into place, sidecar last
+(:mod:`retrieval.utils.atomic`), so a killed build leaves no half-written cache behind.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from PIL import Image
 from rich.progress import Progress
 
 from retrieval.data.image_io import load_rgb
+from retrieval.utils.atomic import atomic_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +106,6 @@ def fingerprint(paths: Sequence[str | Path]) -> list[list]:
 def digest(payload: dict) -> str:
     """sha256 of a canonical JSON rendering."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write to a temporary name in the same folder, then rename: readers never see half."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -215,13 +209,10 @@ def build_crop_cache(
     if not (
         meta_path.exists() and array_path.exists()
     ):  # the sidecar, written last, marks completion
-        tmp = array_path.with_name(f".{array_path.name}.tmp{os.getpid()}.npy")
-        failed, small = _decode_all(image_paths, tmp, spec, num_workers, show_progress)
-        os.replace(tmp, array_path)
-        write_json_atomic(
-            meta_path,
-            {"spec": asdict(spec), "failed": failed, "small": small, "count": len(image_paths)},
-        )
+        with atomic_file(array_path) as tmp:
+            failed, small = _decode_all(image_paths, tmp, spec, num_workers, show_progress)
+        meta = {"spec": asdict(spec), "failed": failed, "small": small, "count": len(image_paths)}
+        write_atomic(meta_path, json.dumps(meta, indent=1))
     meta = json.loads(meta_path.read_text())
     cache = CropCache(
         np.load(array_path, mmap_mode="r"), spec, meta["failed"], meta["small"], array_path

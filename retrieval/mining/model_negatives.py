@@ -6,7 +6,8 @@ the current weights at the start of every epoch and keeps, per query, the ``top_
 database images most similar to it that are not tied to it (positives, junk, itself).
 The random pool (``pool_size``, redrawn per epoch from (seed, epoch)) bounds the cost on
 large databases, as cirtorch's ``poolsize`` does. Under DDP every process mines the same
-pools from the same weights.
+pools from the same weights. ``mining=current_model``; the landmark datamodule calls it as
+an :class:`~retrieval.datamodules.negative_pools.EpochNegativePoolSource`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 from torch import nn
 
-from retrieval.data.ground_truth import BBox, RetrievalGroundTruth
+from retrieval.data.ground_truth import RetrievalGroundTruth
+from retrieval.data.truth import BBox
 from retrieval.datamodules.image_datasets import ImageListDataset
 from retrieval.datamodules.transforms import eval_transform
 from retrieval.mining.pools import excluded_from_negatives
@@ -40,18 +42,17 @@ def hardest_negatives(query_embeddings: np.ndarray, candidate_embeddings: np.nda
 
 
 class CurrentModelNegatives:
-    """A negative miner that needs the model: the datamodule calls it once per epoch."""
-
-    needs_model = True
+    """A negative-pool source that needs the model: the datamodule calls
+    :meth:`pools_for_epoch` once per epoch."""
 
     def __init__(self, top_k: int = 50, pool_size: int | None = 2000, batch_size: int = 32,
                  num_workers: int = 0) -> None:
         self.top_k, self.pool_size = top_k, pool_size
         self.batch_size, self.num_workers = batch_size, num_workers
 
-    def __call__(self, gt: RetrievalGroundTruth, model: nn.Module, epoch: int, seed: int,
-                 image_size: int, query_bboxes: Sequence[BBox | None],
-                 held_out: np.ndarray) -> list[np.ndarray]:
+    def pools_for_epoch(self, gt: RetrievalGroundTruth, model: nn.Module, epoch: int, seed: int,
+                        image_size: int, query_bboxes: Sequence[BBox | None],
+                        held_out: np.ndarray) -> list[np.ndarray]:
         candidates = np.setdiff1d(np.arange(len(gt.image_names)), held_out)
         if self.pool_size is not None and len(candidates) > self.pool_size:
             rng = np.random.default_rng([seed, epoch, 3])

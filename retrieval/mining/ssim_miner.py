@@ -8,11 +8,9 @@ candidate keeps its own index; images that cannot be scored (unreadable, or smal
 ``small_images="exclude"``) are masked out by index and reported.
 
 Cache layout: ``cache_dir/crops-<key>.npy`` (see :mod:`.crops`) and
-``cache_dir/ssim-<key>/`` with ``index.json`` (the parameters) and one ``<query>.json``
-per finished query (names, indices and scores of its negatives, most similar first).
+``cache_dir/ssim-<key>/`` with one file per finished query (see :mod:`.ssim_store`).
 The key hashes everything that changes the result: image paths, sizes and mtimes, crop
-parameters, top_k and :data:`ALGORITHM_VERSION`; each query file also records a hash of
-its query path and excluded set, and is recomputed if they differ. Queries are scored in
+parameters, top_k and :data:`ALGORITHM_VERSION`. Queries are scored in
 passes of ``queries_per_pass`` (one pass over the candidates serves all of them, so each
 candidate's window statistics are computed once per pass); every query file is written
 atomically when its pass ends, so a killed run resumes after the last finished pass.
@@ -20,11 +18,9 @@ atomically when its pass ends, so a killed run resumes after the last finished p
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,41 +33,22 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from retrieval.data.ground_truth import RetrievalGroundTruth
 from retrieval.mining.crops import (
     CropCache,
     CropSpec,
     SmallImageError,
     build_crop_cache,
-    digest,
     fingerprint,
     load_crop,
-    write_json_atomic,
 )
-from retrieval.mining.pools import excluded_from_negatives
-from retrieval.mining.ssim import ssim_many_vs_many, ssim_many_vs_many_torch
+from retrieval.mining.ssim import ssim_many_vs_many
+from retrieval.mining.ssim_store import NegativePool, PoolStore, QuerySpec
+from retrieval.mining.ssim_torch import ssim_many_vs_many_torch
 
 log = logging.getLogger(__name__)
 
 ALGORITHM_VERSION = 1  # bump when scores or selection change: it is part of the cache key
 DATA_RANGE = 255.0  # crops are uint8, as the reference's OpenCV images
-
-
-@dataclass(frozen=True)
-class QuerySpec:
-    """A query image and the database indices that must never be its negatives."""
-
-    name: str
-    path: Path
-    exclude: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-
-@dataclass(frozen=True)
-class NegativePool:
-    """Negatives of one query: indices into the image list, most SSIM-similar first."""
-
-    indices: np.ndarray  # int64
-    scores: np.ndarray  # float32
 
 
 class _Candidates:
@@ -117,44 +94,11 @@ def _score_block(
 
 
 def top_negatives(scores: np.ndarray, candidates: np.ndarray, top_k: int) -> NegativePool:
-    """The ``top_k`` best ``candidates`` (indices into ``scores``): score descending, ties by index."""
+    """The ``top_k`` best ``candidates`` (indices into ``scores``): score descending, ties
+    by index."""
     values = scores[candidates]
     order = np.lexsort((candidates, -values))[:top_k]
     return NegativePool(candidates[order].astype(np.int64), values[order].astype(np.float32))
-
-
-def _query_file(run_dir: Path, name: str) -> Path:
-    return run_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.json"
-
-
-def _query_tag(query: QuerySpec) -> str:
-    return digest({"path": str(query.path), "exclude": sorted(int(i) for i in query.exclude)})
-
-
-def _load_done(run_dir: Path, query: QuerySpec) -> NegativePool | None:
-    path = _query_file(run_dir, query.name)
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    if data.get("query") != query.name or data.get("tag") != _query_tag(query):
-        return None
-    return NegativePool(
-        np.asarray(data["indices"], dtype=np.int64), np.asarray(data["scores"], dtype=np.float32)
-    )
-
-
-def _save(run_dir: Path, query: QuerySpec, pool: NegativePool, names: list[str]) -> None:
-    write_json_atomic(
-        _query_file(run_dir, query.name),
-        {
-            "query": query.name,
-            "query_path": str(query.path),
-            "tag": _query_tag(query),
-            "names": [names[i] for i in pool.indices],
-            "indices": pool.indices.tolist(),
-            "scores": [round(float(s), 7) for s in pool.scores],
-        },
-    )
 
 
 def _query_crop(
@@ -200,7 +144,7 @@ class _Pass:
     cache: CropCache
     image_paths: Sequence[Path]
     scorer: Scorer
-    run_dir: Path
+    store: PoolStore
     top_k: int
 
     def __post_init__(self) -> None:
@@ -236,7 +180,7 @@ class _Pass:
             keep = self.usable.copy()
             keep[np.asarray(q.exclude, dtype=np.int64)] = False
             pools[q.name] = top_negatives(all_scores, np.flatnonzero(keep), self.top_k)
-            _save(self.run_dir, q, pools[q.name], self.stems)
+            self.store.save(q, pools[q.name], self.stems)
         return pools
 
 
@@ -270,25 +214,12 @@ def mine_ssim_negatives(
         "top_k": top_k,
         "files": fingerprint(image_paths),
     }
-    run_dir = cache_dir / f"ssim-{digest(params)[:24]}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        run_dir / "index.json",
-        {
-            **params,
-            "files": len(image_paths),
-            "key": digest(params),
-            "files_sha256": digest({"files": params["files"]}),
-            "data_range": DATA_RANGE,
-            "metric": "skimage SSIM, 7x7 uniform",
-        },
-    )
-
-    pools = {q.name: pool for q in queries if (pool := _load_done(run_dir, q)) is not None}
+    store = PoolStore(cache_dir, params, data_range=DATA_RANGE, metric="skimage SSIM, 7x7 uniform")
+    pools = {q.name: pool for q in queries if (pool := store.load(q)) is not None}
     todo = [q for q in queries if q.name not in pools]
     if todo:
         cache = build_crop_cache(image_paths, cache_dir, spec, num_workers, show_progress)
-        mining = _Pass(cache, image_paths, _scorer(device, num_workers), run_dir, top_k)
+        mining = _Pass(cache, image_paths, _scorer(device, num_workers), store, top_k)
         with _progress_bar(show_progress) as bar:
             task = bar.add_task("SSIM mining (queries)", total=len(todo))
 
@@ -301,14 +232,3 @@ def mine_ssim_negatives(
                 bar.update(task, completed=block[-1] + 1)
                 bar.refresh()
     return {q.name: pools[q.name] for q in queries}
-
-
-def negative_pools_for(
-    ground_truth: RetrievalGroundTruth, cache_dir: Path, **params
-) -> dict[str, NegativePool]:
-    """SSIM pools for every query of a dataset; never offers a labelled image or the query itself."""
-    specs = [
-        QuerySpec(q.name, Path(q.path), excluded_from_negatives(ground_truth, i))
-        for i, q in enumerate(ground_truth.queries)
-    ]
-    return mine_ssim_negatives(ground_truth.image_paths, specs, cache_dir, **params)

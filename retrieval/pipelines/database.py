@@ -2,7 +2,8 @@
 the whitening, write the artifact (:class:`~retrieval.serving.database.DatabaseArtifact`).
 
     retrieval-database build ckpt_path=CKPT dataset=oxford5k [db_dir=DIR]
-        [whitening.dim=512] [whitening.enabled=false] [dtype=float32] [overwrite=true]
+        [whitening.dim=512] [whitening.enabled=false] [whitening.fit_on_database=DIR]
+        [dtype=float32] [overwrite=true]
 """
 from __future__ import annotations
 
@@ -40,12 +41,14 @@ def _library_versions() -> dict[str, str]:
 
 
 def _fit_whitening(cfg: DictConfig, embeddings: np.ndarray, checkpoint_sha256: str | None) -> tuple[Whitening, dict]:
+    """Fit on this database's ``embeddings``, or on those of the database directory
+    ``cfg.fit_on_database`` (built with the same checkpoint, unwhitened: leak-free)."""
     source = "database"
-    if cfg.fit_on:
-        other = load_database(cfg.fit_on)
+    if cfg.fit_on_database:
+        other = load_database(cfg.fit_on_database)
         if other.whitening is not None or other.checkpoint_sha256 != checkpoint_sha256:
-            raise DatabaseError(f"whitening.fit_on={other.path} must be a database built with the same "
-                                f"checkpoint and whitening.enabled=false")
+            raise DatabaseError(f"whitening.fit_on_database={other.path} must be a database built with "
+                                f"the same checkpoint and whitening.enabled=false")
         embeddings, source = other.embeddings.astype(np.float32), f"{other.dataset} ({other.path})"
     whitening = fit_whitening(embeddings, dim=cfg.dim, power=cfg.power, shrinkage=cfg.shrinkage,
                               random_state=cfg.random_state)
@@ -54,8 +57,8 @@ def _fit_whitening(cfg: DictConfig, embeddings: np.ndarray, checkpoint_sha256: s
 
 
 def _evaluation_root(datamodule) -> str | None:
-    """Root of the dataset whose images the database holds: under a cross-dataset protocol
-    the evaluation set, not the training set."""
+    """Root of the dataset whose images the database holds: under split=cross the evaluation
+    set, not the training set."""
     eval_reader = getattr(datamodule, "load_eval_ground_truth", None)
     root = getattr(eval_reader, "keywords", {}).get("root") if eval_reader is not None else datamodule.root
     return str(Path(root).resolve()) if root else None

@@ -17,7 +17,8 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from retrieval.acquisition.download import DATASETS, dataset_table, download_dataset
+from retrieval.acquisition.datasets import DATASETS, dataset_table
+from retrieval.acquisition.download import download_dataset
 from retrieval.acquisition.fetch import FetchOptions
 from retrieval.pipelines.cli import hydra_command
 from retrieval.utils.errors import UserFacingError

@@ -6,6 +6,9 @@ that the defaults reproduce the evaluation callback's numbers exactly:
     embed queries + database (``scales``) -> whitening (``whitening.kind`` pca|learned,
     fit on ``whitening.fit_on`` none|database|train) -> DBA on the database (``dba.n``) ->
     αQE of the queries (``qe.n``) -> cosine ranking -> the dataset's protocol metrics
+
+The dataset's split (``split=...``, landmark sets) decides the evaluated queries and, for
+``fit_on=train``, the images training may see.
 """
 from __future__ import annotations
 
@@ -74,11 +77,11 @@ class Embeddings:
 
 
 def training_images(datamodule) -> tuple[ImageListDataset, np.ndarray]:
-    """What training may see: the training dataset's images minus the protocol's held-out
-    ones (cross-dataset: another dataset; landmark-disjoint: no held-out landmark), and
-    their indices in that dataset."""
+    """What training may see: the training dataset's images minus the split's held-out
+    ones (split=cross: another dataset is evaluated; split=landmark_disjoint: no image of a
+    held-out landmark), and their indices in that dataset."""
     gt = datamodule.gt
-    keep = np.setdiff1d(np.arange(len(gt.image_paths)), datamodule.protocol.held_out_images)
+    keep = np.setdiff1d(np.arange(len(gt.image_paths)), datamodule.split.held_out_images)
     return ImageListDataset([gt.image_paths[i] for i in keep], eval_transform(datamodule.image_size)), keep
 
 
@@ -104,7 +107,7 @@ def fit_variant_whitening(cfg: DictConfig, datamodule, embed: Embeddings,
         return whitening, {"count": len(descriptors)}
     pairs = datamodule.train_pairs
     if not len(pairs):
-        raise UserFacingError("whitening.kind=learned needs training pairs, and this protocol has none")
+        raise UserFacingError("whitening.kind=learned needs training pairs, and this split has none")
     anchors = embed(cfg, training_anchors(datamodule), "training queries")
     # rows: the training images, then the training queries
     rows = np.stack([len(keep) + pairs[:, 0], np.searchsorted(keep, pairs[:, 1])], axis=1)

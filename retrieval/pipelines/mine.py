@@ -1,4 +1,4 @@
-"""Mine and cache negative pools for a dataset ahead of training:
+"""Mine and cache the negative pools of a landmark set ahead of training:
 
     retrieval-mine dataset=oxford5k            # SSIM pools (the default)
     retrieval-mine dataset=toy mining.top_k=100
@@ -13,15 +13,26 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from retrieval.datamodules.landmark_datamodule import LandmarkDataModule
+from retrieval.datamodules.negative_pools import EpochNegativePoolSource, NegativePoolSource
 from retrieval.pipelines.cli import hydra_command
+from retrieval.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
 
 def mine(cfg: DictConfig) -> None:
     datamodule = instantiate(cfg.dataset)
+    if not isinstance(datamodule, LandmarkDataModule):
+        raise UserFacingError(f"dataset={cfg.dataset.name} is class-labelled: its triplets are mined "
+                              f"inside each P×K batch during training (batch_miner=all|batch_hard|"
+                              f"semi_hard), there are no negative pools to mine ahead")
+    source: NegativePoolSource | EpochNegativePoolSource = instantiate(cfg.mining)
+    if isinstance(source, EpochNegativePoolSource):
+        raise UserFacingError("mining=current_model re-mines the pools with the network being trained, "
+                              "at every epoch of training: there is nothing to mine ahead")
     gt = datamodule.read_ground_truth()
-    pools = instantiate(cfg.mining)(gt, cache_dir=Path(cfg.paths.cache_dir) / gt.name)
+    pools = source(gt, cache_dir=Path(cfg.paths.cache_dir) / gt.name)
     sizes = np.array([len(p) for p in pools])
     print(f"{gt.name}: {len(pools)} queries, pool sizes min {sizes.min()} / mean {sizes.mean():.0f} "
           f"/ max {sizes.max()}; cached under {Path(cfg.paths.cache_dir) / gt.name}")

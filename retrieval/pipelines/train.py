@@ -14,11 +14,9 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from retrieval.training.evaluation_callback import RetrievalEvaluation
-from retrieval.mining.online import check_mining_fits
 from retrieval.pipelines.build import build_datamodule, build_model, build_trainer, instantiate_group
 from retrieval.pipelines.cli import hydra_command
 from retrieval.pipelines.report import print_metrics
@@ -26,8 +24,9 @@ from retrieval.tracking.wandb_run import finishing_wandb_run
 
 log = logging.getLogger(__name__)
 
-LEAK_WARNING = ("note: under this protocol the evaluation queries are also the training anchors, "
-                "so these numbers are optimistic; use a cross-dataset protocol for leak-free numbers.")
+LEAK_WARNING = ("note: under this split the evaluated queries are also training images, so these "
+                "numbers are optimistic; leak-free: split=cross or split=landmark_disjoint "
+                "(landmark sets), held-out images (class-labelled sets: dataset.val_fraction > 0).")
 
 
 def _find(callbacks: list, kind: type):
@@ -38,8 +37,6 @@ def train(cfg: DictConfig) -> float | None:
     """Run one training job; returns ``cfg.optimized_metric`` of the final evaluation."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    # e.g. mining=batch_hard with a landmark set or mining=ssim with a class set: say so now
-    check_mining_fits(datamodule, instantiate(cfg.mining) if cfg.get("mining") else None)
     model = build_model(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))

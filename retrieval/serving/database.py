@@ -2,8 +2,9 @@
 embed a new query the same way (model config, checkpoint hash, whitening). Built by
 :mod:`retrieval.pipelines.database` (``retrieval-database build ...``).
 
-On disk (a directory, written atomically: built in ``<dir>.tmp-XXXX`` and renamed into
-place, so a crash never leaves a half artifact under the final name):
+On disk (a directory, written atomically by :func:`retrieval.utils.atomic.atomic_directory`:
+built in ``.<dir>.tmp-<pid>-XXXX`` and renamed into place, so a crash never leaves a half
+artifact under the final name):
 
 - ``embeddings.npy``: ``(n, dim)`` float16 or float32, L2-normalised, whitened when
   whitening is on: the vectors the search index is built from;
@@ -18,9 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import secrets
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from hydra.utils import instantiate
 from retrieval.datamodules.transforms import eval_transform
 from retrieval.evaluation.whitening import Whitening
 from retrieval.models.checkpoints import file_sha256, load_weights
+from retrieval.utils.atomic import atomic_directory
 from retrieval.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -90,19 +89,12 @@ class DatabaseArtifact:
         """Write atomically to ``directory``; replaces an existing database only with ``overwrite``."""
         target = Path(directory).expanduser().resolve()
         check_target(target, overwrite)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.tmp-{secrets.token_hex(4)}")
-        tmp.mkdir()
-        try:
+        with atomic_directory(target, fsync_files=True) as tmp:
             np.save(tmp / EMBEDDINGS, self.embeddings)
             if self.whitening is not None:
                 np.savez(tmp / WHITENING, **self.whitening.to_dict())
             # meta.json last: a directory with meta.json was written completely
             (tmp / META).write_text(json.dumps(self.meta(), indent=1))
-            _swap_in(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target
 
 
@@ -114,22 +106,6 @@ def check_target(target: Path, overwrite: bool) -> None:
         raise DatabaseError(f"{target} exists and is not a database; choose another db_dir")
     if (target / META).is_file() and not overwrite:
         raise DatabaseError(f"database {target} already exists; pass overwrite=true to replace it")
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside first and deleted
-    after (a directory cannot be atomically replaced by another non-empty one on POSIX)."""
-    if target.exists():
-        old = target.with_name(f"{target.name}.old-{secrets.token_hex(4)}")
-        os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            os.replace(old, target)  # put the previous database back
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
 
 
 def _read_meta(directory: Path) -> dict:

@@ -14,10 +14,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from retrieval.data.image_io import load_rgb
-from retrieval.serving.database import DatabaseArtifact, load_database, load_model_for_database
 from retrieval.models.inference import embed_batch, resolve_device
+from retrieval.serving.database import DatabaseArtifact, load_model_for_database
 from retrieval.serving.search import SearchIndex
 from retrieval.utils.errors import UserFacingError
+
 
 @dataclass(frozen=True)
 class Match:

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from retrieval.data.truth import OTHER, as_ground_truth
 from retrieval.evaluation.protocols import EvaluationResult
 from retrieval.tracking.canvas import BLACK, PALETTE, RGB, TEXT, blank, fit_text, font
-from retrieval.data.relevance import OTHER, database_groups, query_groups
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ def draw_scatter(points: np.ndarray, groups: Sequence[str], title: str = "", siz
     margin, top = 16, 30
     canvas = blank(size + legend_width, size + top)
     draw = ImageDraw.Draw(canvas)
-    draw.text((margin, 8), fit_text(draw, title, size + legend_width - 2 * margin, 14), fill=TEXT, font=font(14))
+    heading = fit_text(draw, title, size + legend_width - 2 * margin, 14)
+    draw.text((margin, 8), heading, fill=TEXT, font=font(14))
     low, high = points.min(axis=0), points.max(axis=0)
     scale = (size - 2 * margin) / np.maximum(high - low, 1e-9)
     xy = (points - low) * scale + margin + np.array([0, top])
@@ -125,18 +126,20 @@ def plot_embeddings(result: EvaluationResult, gt: Any, path: Path | str, method:
         log.warning("embedding plot skipped: the evaluation result holds no embeddings")
         return None
     keep = _subsample(len(result.database_embeddings), max_points, seed)
-    groups = database_groups(gt) or [OTHER] * len(result.database_embeddings)
+    truth = as_ground_truth(gt)  # without one, every point is OTHER and queries are not drawn
+    groups = truth.database_groups() if truth is not None else [OTHER] * len(result.database_embeddings)
     vectors, labels = [result.database_embeddings[keep]], [groups[i] for i in keep]
     is_query = [False] * len(keep)
-    q_groups = query_groups(gt)
+    q_groups = truth.query_groups() if truth is not None else None
     # leave-one-out results rank the gallery against itself: its queries are already drawn
-    distinct = result.query_embeddings is not None and result.query_embeddings is not result.database_embeddings
+    queries = result.query_embeddings
+    distinct = queries is not None and queries is not result.database_embeddings
     if include_queries and distinct and q_groups is not None:
         vectors.append(result.query_embeddings)
         labels += q_groups
         is_query += [True] * len(q_groups)
     points = project_2d(np.concatenate(vectors), method, seed)
-    name = getattr(gt, "name", "")
+    name = truth.name if truth is not None else ""
     title = title or f"{name}: {method} of {len(keep)} database embeddings" + (
         f" + {sum(is_query)} queries" if any(is_query) else "")
     path = Path(path)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+from retrieval.data.truth import JUNK, POSITIVE_LABELS, WRONG, as_ground_truth
 from retrieval.evaluation.protocols import EvaluationResult
-from retrieval.data import relevance as rel
 from retrieval.tracking.canvas import RGB, TEXT, blank, fit_text, font
 
 log = logging.getLogger(__name__)
@@ -27,8 +27,8 @@ GREY: RGB = (160, 160, 160)
 RED: RGB = (220, 30, 30)
 BLUE: RGB = (0, 90, 200)  # the query
 BOX: RGB = (255, 210, 0)  # the query's bounding box
-COLOURS: dict[str, RGB] = {**{name: GREEN for name in rel.POSITIVE_LABELS},
-                           rel.JUNK: GREY, rel.WRONG: RED, "query": BLUE}
+COLOURS: dict[str, RGB] = {**{name: GREEN for name in POSITIVE_LABELS},
+                           JUNK: GREY, WRONG: RED, "query": BLUE}
 LEGEND = (("query", BLUE), ("positive", GREEN), ("junk", GREY), ("wrong", RED))
 MARGIN, CAPTION, HEADER, GAP = 8, 16, 22, 14  # caption row, title/legend row, query | results gap
 
@@ -109,19 +109,21 @@ def _open(path: Path) -> Image.Image:
 
 def build_grid_rows(result: EvaluationResult, gt: Any, queries: Sequence[int], top_k: int,
                     thumb: int = 96) -> list[Row] | None:
-    """Grid rows for ``queries``, or None when the ground truth is of a kind we cannot judge."""
-    if not rel.can_judge(gt):
+    """Grid rows for ``queries``, or None when the ground truth is of a kind we cannot judge
+    (not a :class:`~retrieval.data.truth.GroundTruth`)."""
+    truth = as_ground_truth(gt)
+    if truth is None:
         log.debug("retrieval grid skipped: protocol %r has no relevance labels we know", result.protocol)
         return None
     setup = "M" if "M" in result.per_query_ap else next(iter(result.per_query_ap), None)
-    paths = rel.database_paths(gt)
+    paths = truth.image_paths
     rows = []
     for q in queries:
         ranked = result.rankings[q, :top_k]
-        labels = rel.relevance(gt, q, ranked)
-        path, bbox = rel.query_image(gt, q)
+        labels = truth.relevance(q, ranked)
+        path, bbox = truth.query_image(q)
         ap = result.per_query_ap[setup][q] if setup is not None else np.nan
-        caption = ("" if np.isnan(ap) else f"AP {100 * ap:.0f} · ") + rel.query_name(gt, q)
+        caption = ("" if np.isnan(ap) else f"AP {100 * ap:.0f} · ") + truth.query_name(q)
         query = Cell(thumbnail(_open(path), thumb, bbox), "query", caption)
         results = [Cell(thumbnail(_open(paths[i]), thumb), label, f"{rank + 1}. {label}")
                    for rank, (i, label) in enumerate(zip(ranked, labels))]
@@ -138,6 +140,6 @@ def save_retrieval_grid(result: EvaluationResult, gt: Any, path: Path | str, n_q
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    title = title if title is not None else f"{getattr(gt, 'name', '')} · top {top_k}"
+    title = title if title is not None else f"{gt.name} · top {top_k}"  # rows: a GroundTruth
     draw_retrieval_grid(rows, thumb, title=title).save(path)
     return path

@@ -1,5 +1,6 @@
 """LightningModule for class-labelled batches: embed a P×K batch, mine triplets in it, and
-apply the configured triplet loss to them.
+apply the configured triplet loss to them. ``model=class_metric``, which the class-labelled
+datasets (``dataset=folder|csv|toy_classes``) choose in their config.
 
 It is the triplet module with another ``training_step``: the network, the loss (margin and
 distance of ``model.loss``), optimizer/scheduler partials, ``forward`` and the evaluation
@@ -8,13 +9,11 @@ are inherited, so checkpoints of both modules share one layout.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from pytorch_metric_learning.miners import BaseMiner
 from torch import nn
 
-from retrieval.mining.online import class_set_miner, mine_triplets
+from retrieval.mining.in_batch import InBatchMinerFactory, mine_triplets
 from retrieval.training.triplet_module import (
     OptimizerFactory,
     SchedulerFactory,
@@ -23,19 +22,20 @@ from retrieval.training.triplet_module import (
 
 
 class ClassMetricModule(TripletRetrievalModule):
-    """``miner``: the ``mining`` group's object (see :mod:`retrieval.mining.online`); None or
-    ``mining=random`` trains on every valid triplet of the batch."""
+    """``miner`` builds the in-batch miner (the ``batch_miner`` group's partial, see
+    :mod:`retrieval.mining.in_batch`); None, or ``batch_miner=all``, trains on every valid
+    triplet of the batch."""
 
     def __init__(self, net: nn.Module, loss: nn.Module, optimizer: OptimizerFactory,
                  scheduler: SchedulerFactory | None = None,
-                 miner: BaseMiner | Callable | None = None, **options) -> None:
+                 miner: InBatchMinerFactory | None = None, **options) -> None:
         # options: the triplet module's own switches (channels_last, ...), passed through
         super().__init__(net, loss, optimizer, scheduler, **options)
         # The parent's save_hyperparameters collects the arguments of every __init__ of this
         # object, this one's too, and checkpoints keep plain values only: drop the miner
-        # (the run's config holds the mining choice).
+        # (the run's config holds the batch_miner choice).
         self.hparams.pop("miner", None)
-        self.miner = class_set_miner(miner)
+        self.miner: BaseMiner | None = miner() if miner is not None else None
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch

@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from retrieval.training.evaluation_callback import RetrievalEvaluation
 from retrieval.evaluation.protocols import EvaluationResult
-from retrieval.data import relevance as rel
+from retrieval.data import truth as rel
 from retrieval.tracking.embedding_plot import METHODS, plot_embeddings
 from retrieval.tracking.retrieval_grid import pick_queries, save_retrieval_grid
 

@@ -11,7 +11,6 @@ from fastapi.templating import Jinja2Templates
 
 from retrieval.serving.app.imaging import file_thumbnail, image_size
 from retrieval.serving.app.routes_api import read_upload, service_of
-from retrieval.serving.app.truth import LABELS
 from retrieval.serving.app.uploads import RequestError, human_size, parse_bbox
 from retrieval.serving.app.views import box_style, data_uri, match_rows, query_card
 
@@ -51,7 +50,7 @@ async def query_results(request: Request, query_id: int,
     return render(request, "results.html", query=card, query_src=card["image_url"],
                   box=box_style(query.bbox, image_size(query.path)), rows=match_rows(service, outcome),
                   k=k, ap=outcome.ap, ap_setup=service.truth.ap_setup,
-                  legend=(*LABELS[service.truth.protocol], "wrong"))
+                  legend=service.truth.legend)
 
 
 @router.get("/upload", response_class=HTMLResponse)

@@ -15,14 +15,15 @@ from typing import TypeVar
 
 import numpy as np
 
-from retrieval.evaluation.metrics import average_precisions
+from retrieval.evaluation.landmark_metrics import average_precisions
+from retrieval.evaluation.vectors import l2_normalize
 from retrieval.serving.app.imaging import thumbnail_jpeg
 from retrieval.serving.app.settings import AppSettings
 from retrieval.serving.app.truth import QueryTruth, load_dataset_truth
 from retrieval.serving.app.uploads import RequestError, decode_upload
 from retrieval.serving.database import BUILD_HINT, DatabaseError, load_database
-from retrieval.serving.searcher import DatabaseSearcher, Match
 from retrieval.serving.search import SearchIndex
+from retrieval.serving.searcher import DatabaseSearcher, Match
 from retrieval.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class SearchService:
         ap = average_precisions(np.asarray([[m.index for m in ranking]], dtype=np.int64),
                                 [query.positives], [query.junk])[0]
         top = ranking[:k]
-        return Outcome(top, [query.labels.get(m.index, "wrong") for m in top],
+        return Outcome(top, [query.label(m.index) for m in top],
                        None if math.isnan(ap) else float(ap))
 
     def search_upload(self, data: bytes, k: int, bbox: tuple[float, float, float, float] | None,
@@ -148,8 +149,8 @@ def self_check(searcher: DatabaseSearcher) -> None:
     except (RuntimeError, ValueError) as error:  # descriptor length differs from the whitening's
         raise DatabaseError(f"database {artifact.path} does not match its model: embedding {path} "
                             f"failed ({error}); rebuild it with {BUILD_HINT}") from None
-    cosine = float(vector[0] @ stored[0]) / max(float(np.linalg.norm(stored[0])), 1e-12) \
-        if vector.shape == stored.shape else float("nan")
+    same_shape = vector.shape == stored.shape
+    cosine = float(vector[0] @ l2_normalize(stored)[0]) if same_shape else float("nan")
     if not cosine >= SELF_CHECK_MIN_COSINE:
         raise DatabaseError(f"database {artifact.path} does not match its model: re-embedding {path} "
                             f"gives a {vector.shape[1]}-d descriptor with cosine {cosine:.3f} to the "

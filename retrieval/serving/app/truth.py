@@ -4,7 +4,8 @@ A database records its dataset's name and root (``meta.json``), not a reader; th
 follows from the files there, the same ones the datamodule read: ``gt_files/`` (VGG
 classic: Oxford5k, Paris6k, the toy set) or ``gnd_<name>.pkl`` (revisited). Labels are
 re-keyed by image *name*, so a ground truth whose images are not the database's is
-detected instead of silently marking the wrong images.
+detected instead of silently marking the wrong images. The labels are the ground truth's
+own (:meth:`~retrieval.data.truth.GroundTruth.relevance`), as in the training plots.
 """
 from __future__ import annotations
 
@@ -14,16 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.data.ground_truth import LABELS, RetrievalGroundTruth
 from retrieval.data.landmark_formats import load_classic_ground_truth, load_revisited_ground_truth
-from retrieval.data.ground_truth import BBox, RetrievalGroundTruth
+from retrieval.data.truth import WRONG, BBox
 from retrieval.serving.database import DatabaseArtifact
 from retrieval.utils.errors import DatasetError, UserFacingError
 
 log = logging.getLogger(__name__)
 
-# label names per protocol; the first two are positives (classic: good ∪ ok; revisited
-# Medium: easy ∪ hard), junk is ignored by AP, anything else is wrong
-LABELS = {"classic": ("good", "ok", "junk"), "revisited": ("easy", "hard", "junk")}
 AP_SETUP = {"classic": "classic protocol: good ∪ ok, junk ignored",
             "revisited": "Medium: easy ∪ hard, junk ignored"}
 
@@ -35,9 +34,13 @@ class QueryTruth:
     landmark: str
     path: Path
     bbox: BBox | None
-    labels: dict[int, str]  # database index -> label
+    labels: dict[int, str]  # database index -> label, for the images tied to this query
     positives: np.ndarray  # database indices
     junk: np.ndarray
+
+    def label(self, index: int) -> str:
+        """The label of database image ``index`` (wrong where the ground truth names none)."""
+        return self.labels.get(index, WRONG)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,11 @@ class DatasetTruth:
     @property
     def ap_setup(self) -> str:
         return AP_SETUP[self.protocol]
+
+    @property
+    def legend(self) -> tuple[str, ...]:
+        """Every label a result can get under this protocol."""
+        return (*LABELS[self.protocol], WRONG)
 
 
 def _detect(root: Path, dataset: str) -> str | None:
@@ -72,9 +80,8 @@ def _rekey(gt: RetrievalGroundTruth, artifact: DatabaseArtifact) -> DatasetTruth
     to_db = np.asarray([position[n] for n in gt.image_names], dtype=np.int64)
     queries = []
     for qid, q in enumerate(gt.queries):
-        groups = dict(zip(LABELS[gt.protocol], (q.good, q.ok, q.junk) if gt.protocol == "classic"
-                          else (q.easy, q.hard, q.junk)))
-        labels = {int(to_db[i]): label for label, indices in groups.items() for i in indices}
+        labelled = q.labelled
+        labels = dict(zip(to_db[labelled].tolist(), gt.relevance(qid, labelled)))
         queries.append(QueryTruth(qid, q.name, q.landmark, Path(q.path), q.bbox, labels,
                                   to_db[q.positives], to_db[q.junk]))
     return DatasetTruth(gt.protocol, queries)
