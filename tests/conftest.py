@@ -12,15 +12,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import os
+
 from hydra.utils import instantiate
 from omegaconf import open_dict
 from PIL import Image
 
+# The model hub is never reachable from the test machines: fail at once instead of after
+# minutes of retries if a test ever asks it for weights (subprocess runs inherit this).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from tests.test_configs import compose_cfg
 from tests.test_formats import write_vgg
 
-SMALL_DB = ["dataset=oxford5k", "dataset.image_size=64", "dataset.num_workers=0",
-            "model.net.backbone.name=resnet18", "dtype=float32"]
+SMALL_DB = ["dataset=oxford5k", "pooling=gem", "dataset.image_size=64", "dataset.num_workers=0",
+            "model.net.backbone.name=resnet18", "model.net.backbone.weights=none", "dtype=float32"]
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +107,6 @@ def live_server(app_service) -> Iterator[str]:
 # End-to-end runs of the entry scripts (train.py ...) as subprocesses, on a tiny generated
 # VGG-layout set, for every test that runs an entry point.
 # ---------------------------------------------------------------------------------------
-import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -129,15 +134,20 @@ def tiny_landmarks(tmp_path_factory) -> Path:
     return data
 
 
+# dataset=oxford5k composes the reference recipe (flatten, SSIM negatives, augmentations, 4
+# accumulated steps); the small test runs pin the plain options, one override each
+PLAIN_TRAINING = ["pooling=gem", "mining=random", "augmentation=none", "trainer.accumulate_grad_batches=1"]
+
+
 def tiny_run(data: Path, logs: Path, *extra: str) -> list[str]:
     """Overrides for a seconds-long training run: 32 px, resnet18, one epoch."""
-    return [f"paths.data_dir={data}", f"paths.log_dir={logs}", "dataset=oxford5k",
-            "dataset.image_size=32", "dataset.num_workers=0", "model.net.backbone.name=resnet18",
+    return [f"paths.data_dir={data}", f"paths.log_dir={logs}", "dataset=oxford5k", *PLAIN_TRAINING,
+            "dataset.image_size=32", "dataset.num_workers=0", "model.net.backbone.name=resnet18", "model.net.backbone.weights=none",
             "trainer.max_epochs=1", *extra]
 
 
 def small_run(data: Path, tmp: Path) -> list[str]:
     """Overrides for a small run at 64 px (resnet18), logging under ``tmp/logs``; epochs as
     the test needs them."""
-    return [f"paths.data_dir={data}", f"paths.log_dir={tmp / 'logs'}", "dataset=oxford5k",
-            "dataset.image_size=64", "dataset.num_workers=0", "model.net.backbone.name=resnet18"]
+    return [f"paths.data_dir={data}", f"paths.log_dir={tmp / 'logs'}", "dataset=oxford5k", *PLAIN_TRAINING,
+            "dataset.image_size=64", "dataset.num_workers=0", "model.net.backbone.name=resnet18", "model.net.backbone.weights=none"]

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import PLAIN_TRAINING
 from tests.conftest import run_script as run
 
 pytestmark = pytest.mark.slow
 
 
 def _small(data_root: Path, tmp: Path) -> list[str]:
-    return [f"paths.data_dir={data_root.parent}", f"paths.log_dir={tmp / 'logs'}", "dataset=oxford5k",
-            "dataset.image_size=64", "dataset.num_workers=0", "model.net.backbone.name=resnet18",
+    return [f"paths.data_dir={data_root.parent}", f"paths.log_dir={tmp / 'logs'}", "dataset=oxford5k", *PLAIN_TRAINING,
+            "dataset.image_size=64", "dataset.num_workers=0", "model.net.backbone.name=resnet18", "model.net.backbone.weights=none",
             "logger=csv", "evaluate_before=false"]
 
 

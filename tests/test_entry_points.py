@@ -63,7 +63,7 @@ def test_evaluate_checkpoint_writes_json(tiny_landmarks, trained_run):
 
 def test_evaluate_refuses_a_checkpoint_of_another_model(tiny_landmarks, trained_run):
     tmp, run_dir = trained_run
-    result = run("evaluate.py", *small_run(tiny_landmarks, tmp), "model.net.backbone.name=resnet34",
+    result = run("evaluate.py", *small_run(tiny_landmarks, tmp), "model.net.backbone.name=resnet34", "model.net.backbone.weights=none",
                  f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", cwd=tmp)
     assert result.returncode == 2
     assert "does not match the configured model" in result.stderr

@@ -26,8 +26,8 @@ from tests.conftest import run_script as run
 
 # the tiny VGG set of conftest's small_vgg_root, a resnet18 at 64 px, all on the CPU (the
 # callback runs float32 there; embed_batch would use bf16 autocast on a GPU)
-SMALL_EVAL = ["dataset=oxford5k", "dataset.image_size=64", "dataset.num_workers=0",
-              "model.net.backbone.name=resnet18", "embed.device=cpu"]
+SMALL_EVAL = ["dataset=oxford5k", "pooling=gem", "dataset.image_size=64", "dataset.num_workers=0",
+              "model.net.backbone.name=resnet18", "model.net.backbone.weights=none", "embed.device=cpu"]
 
 
 # ---------------------------------------------------------------------------- R-MAC

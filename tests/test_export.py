@@ -16,7 +16,7 @@ from tests.conftest import run_script as run
 
 def _checkpoint(tmp_path: Path, pooling: str) -> tuple[Path, list[str]]:
     """A Lightning-format checkpoint ({'state_dict': ...}) of a small, randomly initialised model."""
-    overrides = ["model.net.backbone.name=resnet18", "dataset.image_size=64", f"pooling={pooling}"]
+    overrides = ["model.net.backbone.name=resnet18", "model.net.backbone.weights=none", "dataset.image_size=64", f"pooling={pooling}"]
     cfg = compose_cfg("export.yaml", [*overrides, "ckpt_path=unused"])
     torch.manual_seed(0)
     model = instantiate(cfg.model)

@@ -22,7 +22,7 @@ from tests.conftest import small_run
 def test_local_weights_load_into_the_headless_backbone(tmp_path):
     full = timm.create_model("resnet18", num_classes=10)  # with a classifier, as ImageNet files are
     torch.save(full.state_dict(), tmp_path / "resnet18.pth")
-    backbone = create_backbone("resnet18", weights_path=tmp_path / "resnet18.pth")
+    backbone = create_backbone("resnet18", weights=tmp_path / "resnet18.pth")
     assert torch.equal(backbone.state_dict()["conv1.weight"], full.state_dict()["conv1.weight"])
     assert backbone(torch.zeros(1, 3, 64, 64)).ndim == 4  # a feature map: no pooling, no classifier
 
@@ -30,18 +30,19 @@ def test_local_weights_load_into_the_headless_backbone(tmp_path):
 def test_wrong_or_missing_weights_name_the_file(tmp_path):
     torch.save(timm.create_model("resnet34").state_dict(), tmp_path / "resnet34.pth")
     with pytest.raises(WeightsError, match="resnet34.pth does not fit the backbone"):
-        create_backbone("resnet18", weights_path=tmp_path / "resnet34.pth")
+        create_backbone("resnet18", weights=tmp_path / "resnet34.pth")
     with pytest.raises(WeightsError, match="nope.pth does not exist"):
-        create_backbone("resnet18", weights_path=tmp_path / "nope.pth")
+        create_backbone("resnet18", weights=tmp_path / "nope.pth")
 
 
-def test_failed_download_names_both_ways_out():
-    code = "from retrieval.models.backbone import create_backbone; create_backbone('resnet18', pretrained=True)"
+def test_failed_download_names_the_ways_out():
+    code = "from retrieval.models.backbone import create_backbone; create_backbone('resnet18', weights='imagenet')"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the hub unreachable, without waiting on a network
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode != 0
-    assert "WeightsError" in result.stderr and "weights_path=FILE" in result.stderr
-    assert "pretrained=false" in result.stderr
+    assert "WeightsError" in result.stderr and "model.net.backbone.weights=FILE" in result.stderr
+    assert "model.net.backbone.weights=none" in result.stderr
+    assert "model.net.backbone.name=tf_efficientnet_lite0" in result.stderr
 
 
 def test_triplet_distances():
@@ -58,7 +59,7 @@ def test_triplet_distances():
 
 def test_linear_head_is_sized_before_the_optimizer_sees_it(tmp_path):
     cfg = compose_cfg("train.yaml", ["head=linear", "model.net.projection.out_features=32",
-                                     "model.net.backbone.name=resnet18"])
+                                     "model.net.backbone.name=resnet18", "model.net.backbone.weights=none"])
     model = instantiate(cfg.model)
     model.configure_model()  # outside a trainer: sized at 224 px
     optimizer = model.configure_optimizers()["optimizer"]
@@ -99,5 +100,5 @@ def test_whitening_head_starts_from_a_fitted_whitening(tmp_path):
     with pytest.raises(UserFacingError, match="power normalisation"):
         WhiteningProjection(init_from=tmp_path / "power.npz")
     cfg = compose_cfg("train.yaml", ["head=whitening", "model.net.projection.in_features=512",
-                                     "model.net.backbone.name=resnet18"])
+                                     "model.net.backbone.name=resnet18", "model.net.backbone.weights=none"])
     assert instantiate(cfg.model)(torch.zeros(2, 3, 64, 64)).shape == (2, 512)

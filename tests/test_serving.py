@@ -26,8 +26,8 @@ from tests.test_configs import compose_cfg
 from tests.test_formats import write_vgg
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["dataset=oxford5k", "dataset.image_size=64", "dataset.num_workers=0",
-         "model.net.backbone.name=resnet18"]
+SMALL = ["dataset=oxford5k", "pooling=gem", "dataset.image_size=64", "dataset.num_workers=0",
+         "model.net.backbone.name=resnet18", "model.net.backbone.weights=none"]
 
 
 def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

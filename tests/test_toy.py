@@ -198,13 +198,13 @@ def test_the_download_command_generates_it_with_toy_parameters_as_overrides(tmp_
 
 @pytest.mark.slow
 def test_default_dataset(tmp_path: Path):
-    """The set ``python train.py`` uses: Oxford-sized ground truth, ~1000 images."""
+    """The set ``python train.py`` uses: Oxford-sized ground truth (55 queries), 640 images."""
     path = toy.ensure_toy_dataset(tmp_path, progress=False)
     stats = json.loads((path / "manifest.json").read_text())["stats"]
-    assert stats["images"] == 1000 and stats["queries"] == 55
+    assert stats["images"] == 640 and stats["queries"] == 55
     with open(path / "gnd_toy.pkl", "rb") as f:
         gnd = pickle.load(f)
-    assert len(gnd["imlist"]) == 1000 and len(gnd["qimlist"]) == 55
+    assert len(gnd["imlist"]) == 640 and len(gnd["qimlist"]) == 55
     easy, hard, junk = (np.array([len(q[k]) for q in gnd["gnd"]]) for k in ("easy", "hard", "junk"))
     assert easy.min() >= 15 and hard.min() >= 5 and junk.sum() > 0  # every label occurs
     assert easy.mean() > hard.mean() > junk.mean()

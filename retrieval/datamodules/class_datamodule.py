@@ -22,6 +22,7 @@ from retrieval.data.image_io import load_rgb
 from retrieval.datamodules.landmark_datamodule import VAL_QUERIES
 from retrieval.datamodules.samplers import PKSampler
 from retrieval.datamodules.transforms import eval_transform, train_transform
+from retrieval.models.input_normalization import InputNormalization
 from retrieval.utils.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class ClassDataModule(L.LightningDataModule):
         csv: str | Path | None = None,
         image_root: str | Path | None = None,
         image_size: int = 224,
+        normalization: InputNormalization | None = None,
         classes_per_batch: int = 8,
         images_per_class: int = 4,
         batches_per_epoch: int | None = None,
@@ -96,6 +98,8 @@ class ClassDataModule(L.LightningDataModule):
         self.read_items, self.name = items, name
         self.source = csv or root
         self.image_size, self.eval_batch_size, self.num_workers = image_size, eval_batch_size, num_workers
+        # the backbone's pixel normalisation (timm); set by the pipelines from the model config
+        self.normalization = normalization or InputNormalization()
         self.classes_per_batch, self.images_per_class = classes_per_batch, images_per_class
         self.batches_per_epoch = batches_per_epoch
         # a mapping name -> transform (overridable by name), applied in order (as landmarks)
@@ -180,11 +184,11 @@ class ClassDataModule(L.LightningDataModule):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         sampler = self.train_sampler(epoch)
         dataset = LabelledImageDataset(self.train_gt.image_paths, self.train_gt.labels,
-                                       train_transform(self.image_size, self.augmentations))
+                                       train_transform(self.image_size, self.augmentations, self.normalization))
         return self._loader(dataset, sampler.batch_size, sampler=sampler, drop_last=True)
 
     def gallery_dataset(self) -> ImageListDataset:
-        return ImageListDataset(self.eval_gt.image_paths, eval_transform(self.image_size))
+        return ImageListDataset(self.eval_gt.image_paths, eval_transform(self.image_size, self.normalization))
 
     # the names evaluate.py asks a landmark datamodule for: here both are the gallery (its
     # embedding cache keys on the image list, so the gallery is embedded once)

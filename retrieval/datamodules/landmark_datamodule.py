@@ -24,6 +24,7 @@ from retrieval.data.ground_truth import RetrievalGroundTruth
 from retrieval.datamodules.image_datasets import ImageListDataset, TripletDataset
 from retrieval.datamodules.negative_pools import EpochNegativePoolSource, NegativePools
 from retrieval.datamodules.transforms import eval_transform, train_transform
+from retrieval.models.input_normalization import InputNormalization
 from retrieval.datamodules.triplets import PairSplit, SplitFunction, draw_triplets, split_positives_per_query
 from retrieval.utils.errors import DatasetError, dataset_missing_message
 
@@ -40,6 +41,7 @@ class LandmarkDataModule(L.LightningDataModule):
         root: str | Path | None = None,
         how_to_get: str = "",
         image_size: int = 224,
+        normalization: InputNormalization | None = None,
         batch_size: int = 16,
         eval_batch_size: int = 32,
         num_workers: int = 2,
@@ -59,6 +61,8 @@ class LandmarkDataModule(L.LightningDataModule):
         self.load_ground_truth = ground_truth
         self.name, self.root, self.how_to_get = name, root, how_to_get
         self.image_size, self.batch_size, self.eval_batch_size = image_size, batch_size, eval_batch_size
+        # the backbone's pixel normalisation (timm); set by the pipelines from the model config
+        self.normalization = normalization or InputNormalization()
         self.num_workers = num_workers
         # the augmentation config is a mapping name -> transform (so each can be overridden
         # or removed by name); its order is the order of application
@@ -155,8 +159,8 @@ class LandmarkDataModule(L.LightningDataModule):
         if limit is not None and len(pairs) > limit:
             rng = np.random.default_rng([self.seed, epoch, 1])
             pairs = pairs[np.sort(rng.choice(len(pairs), size=limit, replace=False))]
-        transform = (train_transform(self.image_size, self.augmentations) if augment
-                     else eval_transform(self.image_size))
+        transform = (train_transform(self.image_size, self.augmentations, self.normalization) if augment
+                     else eval_transform(self.image_size, self.normalization))
         return TripletDataset([q.path for q in self.gt.queries], self._anchor_bboxes(), self.gt.image_paths,
                               draw_triplets(pairs, self._pools(mining_epoch), self.seed, epoch), transform, seed)
 
@@ -183,10 +187,10 @@ class LandmarkDataModule(L.LightningDataModule):
     def query_dataset(self) -> ImageListDataset:
         queries = self.eval_gt.queries
         bboxes = [q.bbox if self.query_crop else None for q in queries]
-        return ImageListDataset([q.path for q in queries], eval_transform(self.image_size), bboxes)
+        return ImageListDataset([q.path for q in queries], eval_transform(self.image_size, self.normalization), bboxes)
 
     def database_dataset(self) -> ImageListDataset:
-        return ImageListDataset(self.eval_gt.image_paths, eval_transform(self.image_size))
+        return ImageListDataset(self.eval_gt.image_paths, eval_transform(self.image_size, self.normalization))
 
     def val_dataloader(self) -> list[DataLoader]:
         loaders = [self._loader(self.query_dataset(), self.eval_batch_size, False),

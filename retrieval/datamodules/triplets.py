@@ -72,6 +72,30 @@ def split_by_query(gt: RetrievalGroundTruth, num_val_queries: int = 15) -> PairS
     return PairSplit(pairs(order[:cut]), pairs(order[cut:]))
 
 
+def split_held_out_queries(gt: RetrievalGroundTruth, per_landmark: int = 2) -> PairSplit:
+    """Unseen queries (``split=held_out_queries``): the last ``per_landmark`` queries of each
+    landmark (in file order) are the only evaluated ones; they are never a training anchor,
+    and their own images never enter training (not as a positive, not as a negative). The
+    landmarks are shared with training (their other queries train), so this measures
+    retrieval for new query photos of known places; ``split=landmark_disjoint`` measures
+    unseen places."""
+    by_landmark: dict[str, list[int]] = {}
+    for q, query in enumerate(gt.queries):
+        by_landmark.setdefault(query.landmark, []).append(q)
+    if any(len(qs) <= per_landmark for qs in by_landmark.values()):
+        raise ValueError(f"split.per_landmark={per_landmark} leaves a landmark of {gt.name} without a "
+                         f"training query (fewest queries per landmark: "
+                         f"{min(map(len, by_landmark.values()))})")
+    eval_queries = np.asarray(sorted(q for qs in by_landmark.values() for q in qs[-per_landmark:]))
+    held_out_images = np.asarray(sorted(gt.index_of(gt.queries[q].name) for q in eval_queries
+                                        if gt.has_image(gt.queries[q].name)), dtype=np.int64)
+    train = [_pairs(q, np.setdiff1d(query.labelled, held_out_images))
+             for q, query in enumerate(gt.queries) if q not in set(eval_queries.tolist())]
+    val = [_pairs(q, gt.queries[q].labelled) for q in eval_queries]
+    return PairSplit(_concat(train), _concat(val), eval_queries, held_out_images,
+                     evaluates_on_training_anchors=False)
+
+
 def split_by_landmark(gt: RetrievalGroundTruth, held_out: Sequence[str] | None = None,
                       num_held_out: int = 3) -> PairSplit:
     """Landmark-disjoint split (``split=landmark_disjoint``): the queries of the held-out

@@ -57,7 +57,9 @@ class CurrentModelNegatives:
         if self.pool_size is not None and len(candidates) > self.pool_size:
             rng = np.random.default_rng([seed, epoch, 3])
             candidates = np.sort(rng.choice(candidates, size=self.pool_size, replace=False))
-        transform = eval_transform(image_size)
+        # the network's own pixel normalisation (the module's net, or a bare EmbeddingNetwork)
+        net = getattr(model, "net", model)
+        transform = eval_transform(image_size, getattr(net, "input_normalization", None))
         device = next(model.parameters()).device
         training = model.training
         try:

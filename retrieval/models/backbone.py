@@ -32,12 +32,9 @@ IMAGENET, NONE = "imagenet", "none"
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "_fc.")
 
 
-def create_backbone(name: str = "tf_efficientnet_lite0", weights: str | Path | None = IMAGENET,
-                    pretrained: bool | None = None, weights_path: str | Path | None = None) -> nn.Module:
+def create_backbone(name: str = "tf_efficientnet_lite0", weights: str | Path | None = IMAGENET) -> nn.Module:
     """A timm model returning its last feature map ``(B, C, h, w)``; ``weights`` as above
     (``None`` means ``none``)."""
-    if pretrained is not None or weights_path is not None:  # TRANSITION: removed with the config switch
-        weights = weights_path or (IMAGENET if pretrained else NONE)
     choice = NONE if weights is None else str(weights)
     if choice == NONE:
         return _headless(_create(name, pretrained=False))
@@ -105,9 +102,13 @@ def load_local_weights(model: nn.Module, path: Path) -> None:
     if not set(state) & set(target) and len(state) == len(target):  # another key layout
         model.load_state_dict(convert_state_dict(state, target, str(path)))
         return
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    # the classifier is dropped anyway (and may have another number of classes)
+    state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor of another shape
+        raise WeightsError(f"{path} does not fit the backbone: {str(error).splitlines()[-1].strip()}") from None
     missing = [k for k in missing if not k.startswith(_CLASSIFIER_PREFIXES)]
-    unexpected = [k for k in unexpected if not k.startswith(_CLASSIFIER_PREFIXES)]
     if missing or unexpected:
         raise WeightsError(f"{path} does not fit the backbone: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")

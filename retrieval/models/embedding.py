@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retrieval.models.input_normalization import InputNormalization
+
 
 class EmbeddingNetwork(nn.Module):
     def __init__(self, backbone: nn.Module, pooling: nn.Module,
@@ -12,6 +14,11 @@ class EmbeddingNetwork(nn.Module):
         super().__init__()
         self.backbone, self.pooling = backbone, pooling
         self.projection = projection if projection is not None else nn.Identity()
+
+    @property
+    def input_normalization(self) -> InputNormalization:
+        """The pixel normalisation the backbone's weights expect (timm's pretrained config)."""
+        return InputNormalization.of_module(self.backbone)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         descriptors = self.projection(self.pooling(self.backbone(images)))

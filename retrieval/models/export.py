@@ -1,21 +1,40 @@
 """Export an embedding network to ONNX or TorchScript and check the file against PyTorch
 (the command: :mod:`retrieval.pipelines.export`).
 
-The exported graph maps ``images (B, 3, H, W)``, normalised as the eval transform does
-(ImageNet mean/std), to L2-normalised ``embeddings (B, D)``; batch size and image size
-stay dynamic. PCA whitening is not part of it: it lives in the database artifact.
+The exported graph maps ``images (B, 3, H, W)``, normalised with the backbone's own
+mean/std (timm's pretrained config: 0.5/0.5 for ``tf_*`` models, ImageNet's for
+torchvision-style ones), to L2-normalised ``embeddings (B, D)``; batch size and image size
+stay dynamic. The normalisation and the trained image size are written beside the model
+(``<model>.preprocessing.json``) so a deployment cannot guess them wrong. PCA whitening is
+not part of it: it lives in the database artifact.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from retrieval.models.input_normalization import InputNormalization
+from retrieval.utils.atomic import write_atomic
 from retrieval.utils.errors import UserFacingError
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+def preprocessing_path(model_path: Path) -> Path:
+    return model_path.with_name(f"{model_path.name}.preprocessing.json")
+
+
+def write_preprocessing(model_path: Path, normalization: InputNormalization, image_size: int) -> Path:
+    """What an input must go through before the exported graph: resize, scale to [0, 1],
+    normalise; JSON beside the model file."""
+    path = preprocessing_path(model_path)
+    write_atomic(path, json.dumps({"image_size": image_size, "scale": "divide by 255",
+                                   **normalization.to_dict()}, indent=1).encode())
+    return path
 
 
 def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int = 17) -> None:

@@ -8,6 +8,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
+from retrieval.models.input_normalization import InputNormalization
+
 log = logging.getLogger(__name__)
 
 
@@ -24,8 +26,15 @@ def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Lo
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    """The dataset's datamodule, normalising pixels as the configured backbone expects."""
     log.info("dataset: %s", cfg.dataset.name)
-    return instantiate(cfg.dataset)
+    return instantiate(cfg.dataset, normalization=input_normalization(cfg))
+
+
+def input_normalization(cfg: DictConfig) -> InputNormalization:
+    """The configured backbone's pixel normalisation (timm's pretrained config): the one
+    source for training, evaluation and database builds."""
+    return InputNormalization.of_backbone(cfg.model.net.backbone.name)
 
 
 def build_model(cfg: DictConfig) -> L.LightningModule:

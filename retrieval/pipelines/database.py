@@ -21,6 +21,7 @@ from retrieval.models.checkpoints import file_sha256, load_weights
 from retrieval.models.inference import embed_dataset
 from retrieval.pipelines.build import build_datamodule, build_model
 from retrieval.pipelines.cli import hydra_command
+from retrieval.pipelines.variants import pretrained
 from retrieval.serving.database import (BUILD_HINT, DatabaseArtifact, DatabaseError, check_target,
                                         load_database)
 from retrieval.utils.errors import UserFacingError
@@ -66,11 +67,10 @@ def _evaluation_root(datamodule) -> str | None:
 
 def build_database(cfg: DictConfig) -> Path:
     """Embed ``cfg.dataset``'s database images with ``cfg.ckpt_path`` and write the artifact."""
-    backbone = cfg.model.net.backbone
-    if not cfg.ckpt_path and not (backbone.pretrained or backbone.weights_path):
+    if not cfg.ckpt_path and not pretrained(cfg):
         raise UserFacingError("a database needs the network's weights: ckpt_path=CKPT (a trained "
-                              "checkpoint) or pretrained ImageNet weights (model.net.backbone.pretrained="
-                              "true or weights_path=FILE); a random network could not be rebuilt for queries")
+                              "checkpoint) or pretrained backbone weights (model.net.backbone.weights=imagenet|FILE); "
+                              "a random network could not be rebuilt for queries")
     check_target(Path(cfg.db_dir).expanduser().resolve(), cfg.overwrite)  # before the long part
     datamodule = build_datamodule(cfg)
     datamodule.val_triplets = False
@@ -92,6 +92,7 @@ def build_database(cfg: DictConfig) -> Path:
         image_names=list(datamodule.eval_gt.image_names), dataset=datamodule.eval_gt.name,
         image_root=_evaluation_root(datamodule),
         model_config=OmegaConf.to_container(cfg.model, resolve=True), image_size=int(cfg.dataset.image_size),
+        input_normalization=model.net.input_normalization,
         checkpoint=str(ckpt) if ckpt else None, checkpoint_sha256=sha, whitening=whitening,
         whitening_info=info, scales=tuple(float(s) for s in cfg.embed.scales),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), versions=_library_versions())

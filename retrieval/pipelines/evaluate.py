@@ -82,14 +82,14 @@ def training_images(datamodule) -> tuple[ImageListDataset, np.ndarray]:
     held-out landmark), and their indices in that dataset."""
     gt = datamodule.gt
     keep = np.setdiff1d(np.arange(len(gt.image_paths)), datamodule.split.held_out_images)
-    return ImageListDataset([gt.image_paths[i] for i in keep], eval_transform(datamodule.image_size)), keep
+    return ImageListDataset([gt.image_paths[i] for i in keep], eval_transform(datamodule.image_size, datamodule.normalization)), keep
 
 
 def training_anchors(datamodule) -> ImageListDataset:
     """The training queries, cropped as training crops its anchors."""
     queries = datamodule.gt.queries
     bboxes = [q.bbox if datamodule.train_anchor_crop else None for q in queries]
-    return ImageListDataset([q.path for q in queries], eval_transform(datamodule.image_size), bboxes)
+    return ImageListDataset([q.path for q in queries], eval_transform(datamodule.image_size, datamodule.normalization), bboxes)
 
 
 def fit_variant_whitening(cfg: DictConfig, datamodule, embed: Embeddings,

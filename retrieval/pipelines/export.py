@@ -2,7 +2,8 @@
 
     retrieval-export ckpt_path=CKPT format=onnx|torchscript [output=FILE]
 
-The exported graph maps ``images (B, 3, H, W)``, normalised as the eval transform does, to
+The exported graph maps ``images (B, 3, H, W)``, normalised with the backbone's own mean/std (also written to
+``<model>.preprocessing.json``), to
 L2-normalised ``embeddings (B, D)``; batch size and image size stay dynamic. PCA whitening
 is not part of it: it lives in the database artifact.
 """
@@ -15,7 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from retrieval.models.checkpoints import load_weights
-from retrieval.models.export import SUFFIXES, export_onnx, export_torchscript, max_abs_difference
+from retrieval.models.export import (SUFFIXES, export_onnx, export_torchscript, max_abs_difference,
+                                     write_preprocessing)
 from retrieval.pipelines.cli import hydra_command
 from retrieval.utils.errors import UserFacingError
 
@@ -24,7 +26,7 @@ def export(cfg: DictConfig) -> Path:
     if cfg.format not in SUFFIXES:
         raise UserFacingError(f"format={cfg.format} is not one of {sorted(SUFFIXES)}")
     ckpt = Path(cfg.ckpt_path).expanduser()
-    cfg.model.net.backbone.pretrained = False  # every weight comes from the checkpoint
+    cfg.model.net.backbone.weights = "none"  # every weight comes from the checkpoint
     model = instantiate(cfg.model)
     load_weights(model, ckpt)
     net = model.net.eval().float().to(memory_format=torch.contiguous_format)
@@ -46,7 +48,9 @@ def export(cfg: DictConfig) -> Path:
             raise UserFacingError(f"the {cfg.format} export differs from PyTorch by {difference:.2e} "
                                   f"(> atol={cfg.atol}); nothing was written")
     tmp.replace(output)
-    print(f"{cfg.format} model written to {output}")
+    sidecar = write_preprocessing(output, net.input_normalization, int(cfg.image_size))
+    print(f"{cfg.format} model written to {output}; its input normalisation (mean "
+          f"{list(net.input_normalization.mean)}, std {list(net.input_normalization.std)}) to {sidecar}")
     return output
 
 

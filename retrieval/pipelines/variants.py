@@ -26,12 +26,16 @@ class Variant:
     overrides: tuple[str, ...] = ()  # on top of the run's own
 
 
+def pretrained(cfg: DictConfig) -> bool:
+    """Whether the backbone starts from weights (ImageNet or a file) rather than at random."""
+    return str(cfg.model.net.backbone.weights).lower() not in ("none", "null")
+
+
 def main_name(cfg: DictConfig) -> str:
     """The run's own row: a checkpoint, or an untrained network."""
     if cfg.ckpt_path:
         return "checkpoint"
-    backbone = cfg.model.net.backbone
-    return "untrained (ImageNet)" if backbone.pretrained or backbone.weights_path else "untrained"
+    return "untrained (ImageNet)" if pretrained(cfg) else "untrained"
 
 
 def compose_variants(cfg: DictConfig, overrides: Sequence[str] = (), config_name: str = "evaluate") -> list[Variant]:
@@ -79,8 +83,7 @@ def describe(cfg: DictConfig, whitened_dim: int | None = None) -> str:
     """One line saying what a variant computes, for the table (``whitened_dim``: the
     whitening's actual output dimension, when known)."""
     backbone = cfg.model.net.backbone
-    weights = ("checkpoint" if cfg.ckpt_path else "ImageNet" if backbone.pretrained or backbone.weights_path
-               else "random")
+    weights = "checkpoint" if cfg.ckpt_path else "ImageNet" if pretrained(cfg) else "random"
     parts = [f"{backbone.name} {cfg.model.net.pooling._target_.rsplit('.', 1)[-1]} ({weights})"]
     if list(cfg.scales) != [1.0]:
         parts.append("scales " + ",".join(f"{s:g}" for s in cfg.scales))

@@ -27,13 +27,15 @@ from hydra.utils import instantiate
 
 from retrieval.datamodules.transforms import eval_transform
 from retrieval.evaluation.whitening import Whitening
+from retrieval.models.input_normalization import InputNormalization
 from retrieval.models.checkpoints import file_sha256, load_weights
 from retrieval.utils.atomic import atomic_directory
 from retrieval.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: meta.json records the backbone's pixel normalisation
+FORMAT_VERSION = 2
 EMBEDDINGS, META, WHITENING = "embeddings.npy", "meta.json", "whitening.npz"
 BUILD_HINT = "retrieval-database build ckpt_path=CKPT dataset=NAME db_dir=DIR"
 
@@ -60,6 +62,8 @@ class DatabaseArtifact:
     whitening: Whitening | None = None
     whitening_info: dict = field(default_factory=dict)  # settings and what it was fit on
     scales: tuple[float, ...] = (1.0,)
+    # the pixel normalisation the network was trained with (queries get the same)
+    input_normalization: InputNormalization = field(default_factory=InputNormalization)
     created_at: str = ""
     versions: dict = field(default_factory=dict)
     path: Path | None = None  # where it was loaded from
@@ -77,7 +81,8 @@ class DatabaseArtifact:
             "images": {"paths": self.image_paths, "names": self.image_names},
             "embedding": {"count": len(self.embeddings), "dim": self.dim,
                           "dtype": str(self.embeddings.dtype), "scales": list(self.scales)},
-            "model": {"config": self.model_config, "image_size": self.image_size},
+            "model": {"config": self.model_config, "image_size": self.image_size,
+                      "input_normalization": self.input_normalization.to_dict()},
             "checkpoint": {"path": self.checkpoint, "sha256": self.checkpoint_sha256},
             "whitening": None if self.whitening is None else
             {"file": WHITENING, "dim": self.whitening.dim, "input_dim": self.whitening.input_dim,
@@ -149,6 +154,7 @@ def _artifact_from(meta: dict, directory: Path) -> DatabaseArtifact:
         embeddings=embeddings, image_paths=paths, image_names=names, dataset=meta["dataset"],
         image_root=meta.get("image_root"), model_config=meta["model"]["config"],
         image_size=int(meta["model"]["image_size"]), checkpoint=meta["checkpoint"]["path"],
+        input_normalization=InputNormalization.from_dict(meta["model"]["input_normalization"]),
         checkpoint_sha256=meta["checkpoint"]["sha256"], whitening=whitening,
         whitening_info={k: v for k, v in (meta["whitening"] or {}).items() if k not in ("file", "dim", "input_dim")},
         scales=tuple(meta["embedding"].get("scales", (1.0,))), created_at=meta.get("created_at", ""),
@@ -192,8 +198,8 @@ def load_model_for_database(artifact: DatabaseArtifact, ckpt_path: str | Path | 
                 f"the original checkpoint (sha256 {artifact.checkpoint_sha256[:12]}..., {ckpt} has "
                 f"{digest[:12]}...)")
         # every weight comes from the checkpoint: never download or read backbone weights
-        config["net"]["backbone"].update(pretrained=False, weights_path=None)
+        config["net"]["backbone"]["weights"] = "none"
     model = instantiate(config)
     if artifact.checkpoint_sha256 is not None:
         load_weights(model, ckpt)
-    return model.eval(), eval_transform(artifact.image_size)
+    return model.eval(), eval_transform(artifact.image_size, artifact.input_normalization)

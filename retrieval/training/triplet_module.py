@@ -34,6 +34,10 @@ class TripletRetrievalModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._configured = False
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # what serving and export must normalise pixels with (plain lists: weights_only loads)
+        checkpoint["input_normalization"] = self.net.input_normalization.to_dict()
+
     def configure_model(self) -> None:
         """Called by the trainer before the optimizer and before a checkpoint is restored.
 
