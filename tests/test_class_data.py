@@ -225,7 +225,7 @@ def test_configs_build_the_class_module_and_datamodule(toy, dataset, batch_miner
     dm, model = instantiate(cfg.dataset), instantiate(cfg.model)
     dm.setup()
     assert isinstance(dm, ClassDataModule) and len(dm.eval_gt) == N_CLASSES * 2
-    assert isinstance(model, ClassMetricModule) and cfg.model.net.backbone.name == "resnet18"
+    assert isinstance(model, ClassMetricModule) and cfg.model.net.backbone.name == "tf_efficientnet_lite0"
     assert type(model.miner).__name__ == miner
     if batch_miner == "semi_hard":
         assert model.miner.margin == cfg.model.loss.margin

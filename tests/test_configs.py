@@ -16,7 +16,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GROUPS = sorted(p.name for p in CONFIGS.iterdir()
                 if p.is_dir() and p.name not in ("hydra", "dataset_model", "eval_inputs", "train_inputs"))
 # the dataset an option belongs to when not the default (toy, a landmark set)
-CONTEXT = {"batch_miner": ["dataset=toy_classes"]}
+# the dataset an option needs (by group, or by (group, option)): class-set options need a class set
+CONTEXT = {"batch_miner": ["dataset=toy_classes"], ("model", "class_metric"): ["dataset=toy_classes"]}
 # what each command composes besides the dataset and model groups, by kind of set
 LANDMARK_TRAINING = {"augmentation", "split", "mining"}
 CLASS_TRAINING = {"augmentation", "batch_miner"}
@@ -54,7 +55,7 @@ def composed(config_name: str, overrides: list[str] = ()) -> set[str]:
 @pytest.mark.parametrize("config_name", ["train.yaml", "evaluate.yaml"])
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes(config_name, group, option):
-    context = CONTEXT.get(group, [])
+    context = CONTEXT.get((group, option), CONTEXT.get(group, []))
     # a group in the command's defaults (an empty slot too) is overridden, any other appended
     prefix = "" if group in choices(config_name, context) else "+"
     cfg = compose_cfg(config_name, [*context, f"{prefix}{group}={option}"])

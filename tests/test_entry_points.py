@@ -12,7 +12,7 @@ from tests.conftest import small_run
 
 
 def test_missing_dataset_exits_with_one_paragraph(tmp_path):
-    result = run("train.py", "dataset=paris6k", "paths.data_dir=/nonexistent",
+    result = run("train.py", "dataset=paris6k", "paths.data_dir=/nonexistent", "model.net.backbone.weights=none",
                  f"paths.log_dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -18,7 +18,8 @@ from PIL import Image
 from retrieval.evaluation.vectors import l2_normalize
 from retrieval.evaluation.whitening import fit_whitening
 from retrieval.pipelines.query import run_query
-from retrieval.serving.database import CheckpointMismatchError, DatabaseArtifact, DatabaseError, load_database
+from retrieval.serving.database import (FORMAT_VERSION, CheckpointMismatchError, DatabaseArtifact, DatabaseError,
+                                        load_database)
 from retrieval.serving.search import SearchIndex
 from retrieval.serving.searcher import DatabaseSearcher
 from retrieval.utils.errors import UserFacingError
@@ -125,7 +126,7 @@ def test_existing_database_or_folder_is_not_replaced_silently(tmp_path):
     (lambda p: (p / "meta.json").unlink(), "is not a database"),
     (lambda p: (p / "meta.json").write_text("{"), "not valid JSON"),
     (lambda p: (p / "meta.json").write_text(json.dumps({"format_version": 99})), "format version 99"),
-    (lambda p: (p / "meta.json").write_text(json.dumps({"format_version": 1})), "lacks 'images'"),
+    (lambda p: (p / "meta.json").write_text(json.dumps({"format_version": FORMAT_VERSION})), "lacks 'images'"),
     (lambda p: (p / "embeddings.npy").unlink(), "embeddings.npy is missing"),
     (lambda p: np.save(p / "embeddings.npy", np.zeros((3, 8), np.float16)), r"shape \(3, 8\)"),
     (lambda p: (p / "whitening.npz").unlink(), "whitening.npz is missing"),

@@ -12,7 +12,11 @@ from skimage import data
 
 from retrieval.models.backbone import create_backbone
 from retrieval.models.weight_packages import PACKAGES, convert_state_dict, load_package_weights
+from hydra.utils import instantiate
+
 from retrieval.utils.errors import WeightsError
+from tests.conftest import run_script
+from tests.test_configs import compose_cfg
 
 
 def _package_state(name: str) -> OrderedDict:
@@ -95,3 +99,40 @@ def test_imagenet_weights_without_a_package_or_the_hub_name_the_ways_out(monkeyp
     for option in ("model.net.backbone.name=tf_efficientnet_lite0", "model.net.backbone.weights=FILE",
                    "model.net.backbone.weights=none"):
         assert option in message
+
+
+def test_an_offline_resnet50_stops_train_py_with_the_paragraph_not_a_traceback(tmp_path):
+    result = run_script("train.py", "dataset=paris6k", f"paths.log_dir={tmp_path}", cwd=tmp_path,
+                        env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: ImageNet weights for 'resnet50'")
+    assert "model.net.backbone.weights=none" in message
+
+
+def test_the_headline_command_composes_the_reference_recipe():
+    cfg = compose_cfg("train.yaml", ["dataset=paris6k"])
+    backbone = cfg.model.net.backbone
+    assert backbone.name == "resnet50" and backbone.weights == "imagenet"
+    assert cfg.model.optimizer.lr == 5e-6 and cfg.trainer.max_epochs == 25
+    assert cfg.dataset.image_size == 448 and cfg.dataset.batch_size * cfg.trainer.accumulate_grad_batches == 64
+    assert cfg.mining._target_.endswith("ssim_negative_pools") and cfg.mining.top_k == 500
+    assert cfg.model.net.pooling._target_.endswith("Flatten") and "hflip" in cfg.augmentation
+    oxford = compose_cfg("train.yaml", ["dataset=oxford"])
+    assert oxford.model.optimizer.lr == 2.5e-6 and oxford.trainer.max_epochs == 35
+    # every key is still one override away
+    plain = compose_cfg("train.yaml", ["dataset=paris6k", "mining=random", "pooling=gem"])
+    assert plain.mining._target_.endswith("random_negative_pools") and plain.model.net.pooling._target_.endswith("GeM")
+
+
+def test_normalisation_follows_the_backbone():
+    from retrieval.datamodules.transforms import eval_transform
+    from retrieval.models.input_normalization import IMAGENET_MEAN, InputNormalization
+
+    lite = InputNormalization.of_backbone("tf_efficientnet_lite0")
+    assert lite.mean == (0.5, 0.5, 0.5) and lite.std == (0.5, 0.5, 0.5)
+    assert InputNormalization.of_backbone("resnet18").mean == IMAGENET_MEAN
+    net = instantiate(compose_cfg("train.yaml", []).model).net
+    assert net.input_normalization == lite
+    normalize = eval_transform(64, lite).transforms[-1]
+    assert list(normalize.mean) == [0.5, 0.5, 0.5]

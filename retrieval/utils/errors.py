@@ -37,8 +37,24 @@ def exit_on_user_error(main: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except UserFacingError as error:
-            print(f"\nerror: {error}", file=sys.stderr)
+        except Exception as error:
+            user_error = user_facing_cause(error)
+            if user_error is None:
+                raise  # unexpected: keep the traceback
+            print(f"\nerror: {user_error}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
+
+
+def user_facing_cause(error: BaseException) -> UserFacingError | None:
+    """``error`` itself or the :class:`UserFacingError` it wraps: Hydra's instantiate re-raises
+    what a constructor raised as an InstantiationException whose cause is the original."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UserFacingError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
