@@ -6,6 +6,7 @@ from a clone); prints a table, writes JSON, e.g.
 
 The command itself lives in :mod:`retrieval.pipelines.evaluate`.
 """
+
 from retrieval.pipelines.evaluate import main
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ setting is a Hydra override, e.g.
 
 The command itself lives in :mod:`retrieval.pipelines.train`.
 """
+
 from retrieval.pipelines.train import main
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ vectorised time against the 50 ms target.
 
     python bench/metrics.py [--queries 70] [--database 6000] [--repeats 7]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,7 @@ def main() -> None:
     gnd = [{"ok": p, "junk": j} for p, j in zip(positives, junk)]
     ranks_t = np.ascontiguousarray(rankings.T)  # revisitop's layout, prepared outside the timing
 
-    t_loop, (ref_map, ref_aps, ref_pr, _) = _best_time(
-        lambda: compute_map(ranks_t, gnd, KS), args.repeats)
+    t_loop, (ref_map, ref_aps, ref_pr, _) = _best_time(lambda: compute_map(ranks_t, gnd, KS), args.repeats)
     t_ap, aps = _best_time(lambda: average_precisions(rankings, positives, junk), args.repeats)
 
     def both():  # what compute_map returns: AP and mP@k from one pass over the rankings
@@ -87,18 +87,23 @@ def main() -> None:
     assert abs(np.nanmean(aps_both) - ref_map) < 1e-12 and prs.shape == (args.queries, len(KS))
 
     ms = lambda s: f"{s * 1e3:8.2f} ms"  # noqa: E731
-    print(f"problem: {args.queries} queries x {args.database} images, "
-          f"positives {min(map(len, positives))}-{max(map(len, positives))}, "
-          f"junk {min(map(len, junk))}-{max(map(len, junk))}; best of {args.repeats}")
+    print(
+        f"problem: {args.queries} queries x {args.database} images, "
+        f"positives {min(map(len, positives))}-{max(map(len, positives))}, "
+        f"junk {min(map(len, junk))}-{max(map(len, junk))}; best of {args.repeats}"
+    )
     print(f"mAP = {ref_map:.6f} (loop) = {np.nanmean(aps):.6f} (vectorised): identical to 1e-12")
     print(f"loop reference (revisitop compute_map, AP + mP@k): {ms(t_loop)}")
-    print(f"vectorised AP only (average_precisions):           {ms(t_ap)}   "
-          f"x{t_loop / t_ap:.1f} faster than the loop")
-    print(f"vectorised AP + mP@k (same outputs as the loop):   {ms(t_both)}   "
-          f"x{t_loop / t_both:.1f} faster than the loop")
+    print(
+        f"vectorised AP only (average_precisions):           {ms(t_ap)}   "
+        f"x{t_loop / t_ap:.1f} faster than the loop"
+    )
+    print(
+        f"vectorised AP + mP@k (same outputs as the loop):   {ms(t_both)}   "
+        f"x{t_loop / t_both:.1f} faster than the loop"
+    )
     verdict = "meets" if t_ap <= TARGET_S else "MISSES"
-    print(f"target {TARGET_S * 1e3:.0f} ms for mean AP: {verdict} it "
-          f"({t_ap / TARGET_S:.2f} of the budget)")
+    print(f"target {TARGET_S * 1e3:.0f} ms for mean AP: {verdict} it ({t_ap / TARGET_S:.2f} of the budget)")
     print(f"(not in the above) rank_by_similarity, stable argsort: {ms(t_rank)}")
 
 

@@ -15,6 +15,7 @@ recall@10 >= 0.95 at <= 2 ms per query.
 
     python bench/search.py [--n 1000000] [--hnsw-n 200000] [--queries 200] [--skip-ann]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,9 @@ class Mixture:
     # 0.27 = overlapping ones (top 10 spill over neighbouring clusters and IVF cells)
     SCALES = {"clustered": 1.0, "overlapping": 0.27}
 
-    def __init__(self, d: int, rng: np.random.Generator, kind: str = "clustered", clusters: int = 1000) -> None:
+    def __init__(
+        self, d: int, rng: np.random.Generator, kind: str = "clustered", clusters: int = 1000
+    ) -> None:
         self.rng = rng
         if kind == "gaussian":
             self.centres, self.spread = np.zeros((1, d)), np.ones(d)
@@ -58,9 +61,11 @@ class Mixture:
         out = np.empty((n, d), np.float32)
         for start in range(0, n, 1 << 16):  # blocks keep the float64 temporaries small
             m = min(1 << 16, n - start)
-            block = (self.centres[self.rng.integers(0, len(self.centres), m)]
-                     + self.rng.standard_normal((m, d)) * self.spread)
-            out[start:start + m] = l2_normalize(block)
+            block = (
+                self.centres[self.rng.integers(0, len(self.centres), m)]
+                + self.rng.standard_normal((m, d)) * self.spread
+            )
+            out[start : start + m] = l2_normalize(block)
         return out
 
 
@@ -76,10 +81,12 @@ def _settle() -> None:
     time.sleep(0.3)
 
 
-def _blocks(methods: dict[str, Callable], run_block: Callable[[Callable], float], rounds: int = 2) -> dict[str, float]:
+def _blocks(
+    methods: dict[str, Callable], run_block: Callable[[Callable], float], rounds: int = 2
+) -> dict[str, float]:
     best = {name: float("inf") for name in methods}
     for r in range(rounds):
-        for name in (list(methods) if r % 2 == 0 else list(methods)[::-1]):
+        for name in list(methods) if r % 2 == 0 else list(methods)[::-1]:
             _settle()
             best[name] = min(best[name], run_block(methods[name]))
     return best
@@ -87,6 +94,7 @@ def _blocks(methods: dict[str, Callable], run_block: Callable[[Callable], float]
 
 def per_query_ms(methods: dict[str, Callable], queries: np.ndarray, rounds: int = 2) -> dict[str, float]:
     """Median latency (ms) of one-query calls over ``queries``."""
+
     def block(search: Callable) -> float:
         times = []
         for q in queries:
@@ -94,11 +102,15 @@ def per_query_ms(methods: dict[str, Callable], queries: np.ndarray, rounds: int 
             search(q[None])
             times.append(time.perf_counter() - start)
         return 1e3 * float(np.median(times))
+
     return _blocks(methods, block, rounds)
 
 
-def batched_ms(methods: dict[str, Callable], queries: np.ndarray, repeats: int = 5, rounds: int = 2) -> dict[str, float]:
+def batched_ms(
+    methods: dict[str, Callable], queries: np.ndarray, repeats: int = 5, rounds: int = 2
+) -> dict[str, float]:
     """Time per query (ms) of whole-batch calls, median of ``repeats``."""
+
     def block(search: Callable) -> float:
         times = []
         for _ in range(repeats):
@@ -106,6 +118,7 @@ def batched_ms(methods: dict[str, Callable], queries: np.ndarray, repeats: int =
             search(queries)
             times.append(time.perf_counter() - start)
         return 1e3 * float(np.median(times)) / len(queries)
+
     return _blocks(methods, block, rounds)
 
 
@@ -117,8 +130,11 @@ def exact_part(n: int, dims: tuple[int, ...], n_queries: int, rng: np.random.Gen
         flat = faiss.IndexFlatIP(d)
         flat.add(vectors)
         ours = SearchIndex(vectors)
-        methods = {"faiss IndexFlatIP": lambda q: flat.search(q, K), "numpy brute force": numpy_search(vectors),
-                   "SearchIndex exact": lambda q: ours.search(q, K)}
+        methods = {
+            "faiss IndexFlatIP": lambda q, flat=flat: flat.search(q, K),
+            "numpy brute force": numpy_search(vectors),
+            "SearchIndex exact": lambda q, ours=ours: ours.search(q, K),
+        }
         np.testing.assert_array_equal(ours.search(queries[:64], K)[1], flat.search(queries[:64], K)[1])
         rows = {"1 (single)": per_query_ms(methods, queries[:n_queries])}
         with threadpool_limits(1):  # latency that does not depend on a second core being free
@@ -131,31 +147,49 @@ def exact_part(n: int, dims: tuple[int, ...], n_queries: int, rng: np.random.Gen
             ratio = ms["faiss IndexFlatIP"] / ms["numpy brute force"]
             print(f"{batch:>11} | " + " | ".join(f"{ms[m]:15.4f} ms" for m in methods) + f" | x{ratio:.2f}")
         single = rows["1 (single)"]["SearchIndex exact"]
-        print(f"single query, ours: {single:.3f} ms = {REFERENCE_MS / single:.0f}x faster than the reference "
-              f"demo's {REFERENCE_MS} ms; x{rows['1 (single)']['faiss IndexFlatIP'] / single:.2f} vs faiss "
-              f"flat in this run" + (f"; target <= {TARGET_EXACT_MS} ms: "
-                                     f"{'met' if single <= TARGET_EXACT_MS else 'MISSED'}" if d <= 512 else ""))
+        print(
+            f"single query, ours: {single:.3f} ms = {REFERENCE_MS / single:.0f}x faster than the reference "
+            f"demo's {REFERENCE_MS} ms; x{rows['1 (single)']['faiss IndexFlatIP'] / single:.2f} vs faiss "
+            f"flat in this run"
+            + (
+                f"; target <= {TARGET_EXACT_MS} ms: {'met' if single <= TARGET_EXACT_MS else 'MISSED'}"
+                if d <= 512
+                else ""
+            )
+        )
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, exact)]))
 
 
-def sweep(name: str, index: SearchIndex, set_param: Callable[[int], None], values: tuple[int, ...],
-          queries: np.ndarray, exact: np.ndarray, exact_ms: float, n_latency: int) -> None:
+def sweep(
+    name: str,
+    index: SearchIndex,
+    set_param: Callable[[int], None],
+    values: tuple[int, ...],
+    queries: np.ndarray,
+    exact: np.ndarray,
+    exact_ms: float,
+    n_latency: int,
+) -> None:
     for value in values:
         set_param(value)
         recall = recall_at_k(index.search(queries, K)[1], exact)
         ms = per_query_ms({name: lambda q: index.search(q, K)}, queries[:n_latency])[name]
         batch_ms = batched_ms({name: lambda q: index.search(q, K)}, queries, repeats=3)[name]
         ok = recall >= TARGET_ANN[0] and ms <= TARGET_ANN[1]
-        print(f"  {name:28s} {value:5d} | recall@10 {recall:.3f} | {ms:7.3f} ms/query single, "
-              f"{batch_ms:7.3f} batched | x{exact_ms / ms:6.1f} vs exact | {'MEETS' if ok else '-'} target")
+        print(
+            f"  {name:28s} {value:5d} | recall@10 {recall:.3f} | {ms:7.3f} ms/query single, "
+            f"{batch_ms:7.3f} batched | x{exact_ms / ms:6.1f} vs exact | {'MEETS' if ok else '-'} target"
+        )
 
 
 def ann_part(n: int, hnsw_n: int, d: int, n_queries: int, kind: str, rng: np.random.Generator) -> None:
-    print(f"\n== approximate search: {n} x {d}-d {kind} vectors, {n_queries} queries, k={K}; "
-          f"target recall@10 >= {TARGET_ANN[0]} at <= {TARGET_ANN[1]} ms/query ==")
+    print(
+        f"\n== approximate search: {n} x {d}-d {kind} vectors, {n_queries} queries, k={K}; "
+        f"target recall@10 >= {TARGET_ANN[0]} at <= {TARGET_ANN[1]} ms/query =="
+    )
     start = time.perf_counter()
     mixture = Mixture(d, rng, kind)
     vectors, queries = mixture.sample(n), mixture.sample(n_queries)
@@ -174,8 +208,16 @@ def ann_part(n: int, hnsw_n: int, d: int, n_queries: int, kind: str, rng: np.ran
         index = SearchIndex(vectors, backend=name, nlist=nlist, **params)
         label = f"{name} nlist={nlist}" + (" PQ32x8 refine=16" if params else "")
         print(f"{label}: built in {time.perf_counter() - start:.1f} s; nprobe sweep:")
-        sweep(f"{name} nprobe", index, lambda v: setattr(index._impl.ivf, "nprobe", v), (4, 8, 16, 32, 64, 128),
-              queries, exact, exact_ms, n_latency)
+        sweep(
+            f"{name} nprobe",
+            index,
+            lambda v, index=index: setattr(index._impl.ivf, "nprobe", v),
+            (4, 8, 16, 32, 64, 128),
+            queries,
+            exact,
+            exact_ms,
+            n_latency,
+        )
         del index
 
     if hnsw_n:
@@ -184,10 +226,20 @@ def ann_part(n: int, hnsw_n: int, d: int, n_queries: int, kind: str, rng: np.ran
         sub_exact_ms = per_query_ms({"e": lambda q: top_k(q @ sub.T, K)}, queries[:20])["e"]
         start = time.perf_counter()
         index = SearchIndex(sub, backend="hnsw", m=32, ef_construction=80)
-        print(f"hnsw M=32 efConstruction=80 on the first {hnsw_n} vectors (exact there: {sub_exact_ms:.2f} ms): "
-              f"built in {time.perf_counter() - start:.1f} s; efSearch sweep:")
-        sweep("hnsw efSearch", index, lambda v: setattr(index._impl.index.hnsw, "efSearch", v),
-              (16, 32, 64, 128), queries, sub_exact, sub_exact_ms, n_latency)
+        print(
+            f"hnsw M=32 efConstruction=80 on the first {hnsw_n} vectors (exact there: {sub_exact_ms:.2f} ms): "
+            f"built in {time.perf_counter() - start:.1f} s; efSearch sweep:"
+        )
+        sweep(
+            "hnsw efSearch",
+            index,
+            lambda v: setattr(index._impl.index.hnsw, "efSearch", v),
+            (16, 32, 64, 128),
+            queries,
+            sub_exact,
+            sub_exact_ms,
+            n_latency,
+        )
 
 
 def main() -> None:
@@ -201,8 +253,10 @@ def main() -> None:
     parser.add_argument("--data", choices=("clustered", "overlapping", "gaussian"), default="clustered")
     parser.add_argument("--skip-ann", action="store_true")
     args = parser.parse_args()
-    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads, numpy {np.__version__}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads, numpy {np.__version__}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
     rng = np.random.default_rng(0)
     exact_part(args.db, tuple(args.dims), args.queries, rng)
     if not args.skip_ann:

@@ -135,9 +135,7 @@ def memory_probe(folder: str, n_queries: int, queue) -> None:
     queries = [QuerySpec(f"q{i}", paths[i], np.array([i])) for i in range(n_queries)]
     start = time.perf_counter()
     with TreeMemory() as memory:
-        mine_ssim_negatives(
-            paths, queries, Path(folder) / "cache", device="cpu", show_progress=False
-        )
+        mine_ssim_negatives(paths, queries, Path(folder) / "cache", device="cpu", show_progress=False)
     queue.put((memory.peak, time.perf_counter() - start))
 
 
@@ -167,9 +165,7 @@ def time_torch_full_run(images: np.ndarray) -> None:
         ssim_many_vs_many_torch(images[:2], database[:256], 255, dtype=dtype)  # warm-up
         torch.cuda.synchronize()
         start = time.perf_counter()
-        ssim_many_vs_many_torch(
-            np.resize(images, (OXFORD_QUERIES, SIDE, SIDE)), database, 255, dtype=dtype
-        )
+        ssim_many_vs_many_torch(np.resize(images, (OXFORD_QUERIES, SIDE, SIDE)), database, 255, dtype=dtype)
         torch.cuda.synchronize()
         print(
             f"torch on {torch.cuda.get_device_name()}, {dtype}: full Oxford run "
@@ -214,12 +210,9 @@ def report_speed(queries: np.ndarray, database: np.ndarray, n_pairs: int, worker
     stats_wall = best["stats"][0] / 16
     check = ssim_many_vs_many(q_stats, database[:3], 255)[0]
     error = max(
-        abs(check[j] - structural_similarity(queries[0], database[j], data_range=255))
-        for j in range(3)
+        abs(check[j] - structural_similarity(queries[0], database[j], data_range=255)) for j in range(3)
     )
-    print(
-        f"\nper pair, 500x500 grayscale uint8 (max |ours - skimage| = {error:.1e}), wall / CPU ms:"
-    )
+    print(f"\nper pair, 500x500 grayscale uint8 (max |ours - skimage| = {error:.1e}), wall / CPU ms:")
     print(f"  skimage structural_similarity loop        {sk_wall * 1e3:7.3f} / {sk_cpu * 1e3:7.3f}")
     print(
         f"  ours, precomputed stats, 1 process        {one_wall * 1e3:7.3f} / {one_cpu * 1e3:7.3f}"
@@ -240,13 +233,9 @@ def report_speed(queries: np.ndarray, database: np.ndarray, n_pairs: int, worker
     passes = -(-OXFORD_QUERIES // per_pass)
     stats_time = passes * OXFORD_IMAGES * stats_wall / workers  # candidates' stats, once a pass
     ours, ours_cpu = full * many_wall + stats_time, full * many_cpu / workers + stats_time
-    print(
-        f"\nfull Oxford5k mining, {OXFORD_QUERIES} x {OXFORD_IMAGES} = {full} pairs, {passes} pass(es):"
-    )
+    print(f"\nfull Oxford5k mining, {OXFORD_QUERIES} x {OXFORD_IMAGES} = {full} pairs, {passes} pass(es):")
     print(f"  skimage loop   {fmt(full * sk_wall)} wall ({fmt(full * sk_cpu)} of CPU)")
-    print(
-        f"  ours           {fmt(ours)} wall, speed-up x{full * sk_wall / ours:.1f} (target >= 30)"
-    )
+    print(f"  ours           {fmt(ours)} wall, speed-up x{full * sk_wall / ours:.1f} (target >= 30)")
     print(
         f"  ours from CPU times, {workers} workers scaling ideally on free cores: {fmt(ours_cpu)},"
         f" speed-up x{full * sk_cpu / ours_cpu:.1f}"

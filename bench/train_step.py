@@ -16,6 +16,7 @@ images/s and the time extrapolated to 5063 images (Oxford5k). Target on a GPU: â
     python bench/train_step.py                                   # CPU-sized defaults
     python bench/train_step.py --backbone resnet50 --size 448 --batch 16 --database 5063  # GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,9 @@ from PIL import Image
 from retrieval.datamodules.image_datasets import ImageListDataset
 from retrieval.datamodules.transforms import eval_transform
 from retrieval.models.embedding import EmbeddingNetwork
+from retrieval.models.inference import embed_dataset
 from retrieval.models.losses import squared_euclidean
 from retrieval.models.pooling import GeM
-from retrieval.models.inference import embed_dataset
 
 
 def network(backbone: str, device: torch.device) -> EmbeddingNetwork:
@@ -106,8 +107,10 @@ def bench_embedding(args, device: torch.device) -> None:
     n = images.shape[0]
     print(f"\n[2] embedding throughput, {args.backbone} {args.size}px, batch {n}, {device}")
     print(f"    fp32                 : {n / t32:9.1f} images/s")
-    print(f"    bf16 + channels_last : {n / t16:9.1f} images/s   ratio {t32 / t16:.2f}x "
-          f"(target >= 2x on H100/H200); min cosine to fp32 {float(cosine):.4f}")
+    print(
+        f"    bf16 + channels_last : {n / t16:9.1f} images/s   ratio {t32 / t16:.2f}x "
+        f"(target >= 2x on H100/H200); min cosine to fp32 {float(cosine):.4f}"
+    )
 
 
 def bench_database(args, device: torch.device) -> None:
@@ -124,19 +127,25 @@ def bench_database(args, device: torch.device) -> None:
         if device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
         start = time.perf_counter()
-        embed_dataset(net, dataset, batch_size=args.batch * 2, num_workers=args.workers,
-                      device=device, progress=False)
+        embed_dataset(
+            net, dataset, batch_size=args.batch * 2, num_workers=args.workers, device=device, progress=False
+        )
         seconds = time.perf_counter() - start
     rate = args.database / seconds
-    print(f"\n[3] database embedding incl. JPEG decode, {args.database} images 1024x768 -> "
-          f"{args.size}px, {args.workers} workers, {device}")
-    print(f"    {rate:.1f} images/s, {seconds:.1f} s; 5063 images (Oxford5k) -> "
-          f"{5063 / rate:.1f} s (target <= 10 s on GPU)")
+    print(
+        f"\n[3] database embedding incl. JPEG decode, {args.database} images 1024x768 -> "
+        f"{args.size}px, {args.workers} workers, {device}"
+    )
+    print(
+        f"    {rate:.1f} images/s, {seconds:.1f} s; 5063 images (Oxford5k) -> "
+        f"{5063 / rate:.1f} s (target <= 10 s on GPU)"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
     parser.add_argument("--batch", type=int, default=8, help="triplets per step")
@@ -146,8 +155,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if args.device == "auto" else args.device)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         print(torch.cuda.get_device_name(device))

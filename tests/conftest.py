@@ -1,7 +1,9 @@
 """Shared fixtures: a small real database (a tiny VGG-layout dataset, resnet18 at 64 px),
 built once per session in-process, for the serving and web-app tests."""
+
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -12,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import os
-
 from hydra.utils import instantiate
 from omegaconf import open_dict
 from PIL import Image
@@ -25,8 +25,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from tests.test_configs import compose_cfg
 from tests.test_formats import write_vgg
 
-SMALL_DB = ["dataset=oxford5k", "pooling=gem", "dataset.image_size=64", "dataset.num_workers=0",
-            "model.net.backbone.name=resnet18", "model.net.backbone.weights=none", "dtype=float32"]
+SMALL_DB = [
+    "dataset=oxford5k",
+    "pooling=gem",
+    "dataset.image_size=64",
+    "dataset.num_workers=0",
+    "model.net.backbone.name=resnet18",
+    "model.net.backbone.weights=none",
+    "dtype=float32",
+]
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +54,9 @@ def small_database(small_vgg_root, tmp_path_factory) -> Path:
     from retrieval.pipelines.database import build_database
 
     tmp = tmp_path_factory.mktemp("small_db")
-    cfg = compose_cfg("database.yaml", [*SMALL_DB, f"paths.data_dir={small_vgg_root.parent}",
-                                        f"db_dir={tmp / 'db'}"])
+    cfg = compose_cfg(
+        "database.yaml", [*SMALL_DB, f"paths.data_dir={small_vgg_root.parent}", f"db_dir={tmp / 'db'}"]
+    )
     torch.manual_seed(0)
     torch.save({"state_dict": instantiate(cfg.model).state_dict()}, tmp / "model.ckpt")
     with open_dict(cfg):
@@ -77,8 +85,9 @@ def serve_in_thread(app) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
     thread.start()
     try:
@@ -113,17 +122,28 @@ import sys  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(script: str, *overrides: str, cwd: Path, env: dict[str, str] | None = None,
-               timeout: int = 600) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, *overrides: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """``python <repo>/<script> <overrides>`` in ``cwd`` (``script`` ``-m``: the first override
     names a module); W&B offline, its caches in ``cwd`` (offline artifacts are staged under
     the W&B data dir, which must not be the user's)."""
-    wandb_env = {"WANDB_MODE": "offline", "WANDB_DIR": str(cwd), "WANDB_CACHE_DIR": str(cwd / ".wandb-cache"),
-                 "WANDB_DATA_DIR": str(cwd / ".wandb-data"), "WANDB_CONFIG_DIR": str(cwd / ".wandb-config")}
+    wandb_env = {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(cwd),
+        "WANDB_CACHE_DIR": str(cwd / ".wandb-cache"),
+        "WANDB_DATA_DIR": str(cwd / ".wandb-data"),
+        "WANDB_CONFIG_DIR": str(cwd / ".wandb-config"),
+    }
     command = [sys.executable, "-m"] if script == "-m" else [sys.executable, str(REPO_ROOT / script)]
-    return subprocess.run([*command, *overrides], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **wandb_env, **(env or {})})
+    return subprocess.run(
+        [*command, *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **wandb_env, **(env or {})},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -141,13 +161,30 @@ PLAIN_TRAINING = ["pooling=gem", "mining=random", "augmentation=none", "trainer.
 
 def tiny_run(data: Path, logs: Path, *extra: str) -> list[str]:
     """Overrides for a seconds-long training run: 32 px, resnet18, one epoch."""
-    return [f"paths.data_dir={data}", f"paths.log_dir={logs}", "dataset=oxford5k", *PLAIN_TRAINING,
-            "dataset.image_size=32", "dataset.num_workers=0", "model.net.backbone.name=resnet18", "model.net.backbone.weights=none",
-            "trainer.max_epochs=1", *extra]
+    return [
+        f"paths.data_dir={data}",
+        f"paths.log_dir={logs}",
+        "dataset=oxford5k",
+        *PLAIN_TRAINING,
+        "dataset.image_size=32",
+        "dataset.num_workers=0",
+        "model.net.backbone.name=resnet18",
+        "model.net.backbone.weights=none",
+        "trainer.max_epochs=1",
+        *extra,
+    ]
 
 
 def small_run(data: Path, tmp: Path) -> list[str]:
     """Overrides for a small run at 64 px (resnet18), logging under ``tmp/logs``; epochs as
     the test needs them."""
-    return [f"paths.data_dir={data}", f"paths.log_dir={tmp / 'logs'}", "dataset=oxford5k", *PLAIN_TRAINING,
-            "dataset.image_size=64", "dataset.num_workers=0", "model.net.backbone.name=resnet18", "model.net.backbone.weights=none"]
+    return [
+        f"paths.data_dir={data}",
+        f"paths.log_dir={tmp / 'logs'}",
+        "dataset=oxford5k",
+        *PLAIN_TRAINING,
+        "dataset.image_size=64",
+        "dataset.num_workers=0",
+        "model.net.backbone.name=resnet18",
+        "model.net.backbone.weights=none",
+    ]

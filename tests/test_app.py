@@ -1,4 +1,5 @@
 """The web app's routes, bad inputs and concurrency, on a small real database (conftest)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -59,6 +60,7 @@ def png(width: int, height: int, seed: int = 0) -> bytes:
 
 def bomb_png(width: int, height: int) -> bytes:
     """A valid 1-bit PNG of ``width x height`` zeros: kilobytes on disk, gigapixels decoded."""
+
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
@@ -77,7 +79,7 @@ def test_health_describes_the_database(client):
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["dataset"] == "oxford5k"
     assert (health["images"], health["queries"], health["dim"]) == (11, 4, 10)
-    assert health["ground_truth"] == "classic" and health["max_upload_bytes"] == 10 * 2 ** 20
+    assert health["ground_truth"] == "classic" and health["max_upload_bytes"] == 10 * 2**20
 
 
 def test_queries_list_the_dataset_queries_with_servable_images(client):
@@ -88,8 +90,9 @@ def test_queries_list_the_dataset_queries_with_servable_images(client):
     assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (64, 48)
 
 
-def test_dataset_query_results_carry_ground_truth_labels_and_the_evaluation_ap(client, app_service,
-                                                                               small_vgg_root):
+def test_dataset_query_results_carry_ground_truth_labels_and_the_evaluation_ap(
+    client, app_service, small_vgg_root
+):
     gt = load_classic_ground_truth(small_vgg_root, "oxford5k")
     embedded = np.concatenate([app_service.searcher.embed(q.path, q.bbox) for q in gt.queries])
     expected_ap = evaluate_embeddings(embedded, app_service.artifact.embeddings, gt).per_query_ap["classic"]
@@ -112,31 +115,42 @@ def test_upload_finds_the_image_itself(client, small_vgg_root):
     assert cropped["results"][0]["score"] < 0.999
 
 
-@pytest.mark.parametrize("request_args,status,message", [
-    (("get", "/api/queries/9/search"), 404, "There is no dataset query 9"),
-    (("get", "/api/queries/0/search?k=0"), 422, "k must be between 1 and 200"),
-    (("get", "/api/queries/0/search?k=201"), 422, "k must be between 1 and 200"),
-    (("get", "/api/queries/0/search?k=ten"), 422, "k: Input should be a valid integer"),
-    (("get", "/api/nothing"), 404, "Not Found"),
-    (("post", "/api/search"), 400, "No file was uploaded"),
-])
+@pytest.mark.parametrize(
+    "request_args,status,message",
+    [
+        (("get", "/api/queries/9/search"), 404, "There is no dataset query 9"),
+        (("get", "/api/queries/0/search?k=0"), 422, "k must be between 1 and 200"),
+        (("get", "/api/queries/0/search?k=201"), 422, "k must be between 1 and 200"),
+        (("get", "/api/queries/0/search?k=ten"), 422, "k: Input should be a valid integer"),
+        (("get", "/api/nothing"), 404, "Not Found"),
+        (("post", "/api/search"), 400, "No file was uploaded"),
+    ],
+)
 def test_bad_api_requests_get_a_sentence(client, request_args, status, message):
     method, url = request_args
     response = getattr(client, method)(url)
     assert response.status_code == status and message in response.json()["detail"]
 
 
-@pytest.mark.parametrize("make_data,form,status,message", [
-    (lambda root: b"", {}, 400, "The uploaded file is empty"),
-    (lambda root: b"name,label\nx,1\n", {}, 415, "not an image this app reads"),
-    (lambda root: b"%PDF-1.4 not really", {}, 415, "not an image"),
-    (lambda root: jpg(root, "arch_000000")[:300], {}, 422, "could not be decoded"),
-    (lambda root: bomb_png(10_000, 10_000), {}, 413, "10000x10000 pixels (100 MP); the limit is 40 MP"),
-    (lambda root: bomb_png(30_000, 30_000), {}, 413, "decompression bomb"),
-    (lambda root: jpg(root, "arch_000000"), {"bbox": "1,2,3"}, 422, "The box must be 'x1,y1,x2,y2'"),
-    (lambda root: jpg(root, "arch_000000"), {"bbox": "100,100,200,200"}, 422, "lies outside the 64x48 image"),
-    (lambda root: jpg(root, "arch_000000"), {"k": "0"}, 422, "k must be between"),
-])
+@pytest.mark.parametrize(
+    "make_data,form,status,message",
+    [
+        (lambda root: b"", {}, 400, "The uploaded file is empty"),
+        (lambda root: b"name,label\nx,1\n", {}, 415, "not an image this app reads"),
+        (lambda root: b"%PDF-1.4 not really", {}, 415, "not an image"),
+        (lambda root: jpg(root, "arch_000000")[:300], {}, 422, "could not be decoded"),
+        (lambda root: bomb_png(10_000, 10_000), {}, 413, "10000x10000 pixels (100 MP); the limit is 40 MP"),
+        (lambda root: bomb_png(30_000, 30_000), {}, 413, "decompression bomb"),
+        (lambda root: jpg(root, "arch_000000"), {"bbox": "1,2,3"}, 422, "The box must be 'x1,y1,x2,y2'"),
+        (
+            lambda root: jpg(root, "arch_000000"),
+            {"bbox": "100,100,200,200"},
+            422,
+            "lies outside the 64x48 image",
+        ),
+        (lambda root: jpg(root, "arch_000000"), {"k": "0"}, 422, "k must be between"),
+    ],
+)
 def test_bad_uploads_are_refused_with_a_sentence(client, small_vgg_root, make_data, form, status, message):
     data = make_data(small_vgg_root)
     assert len(data) < 200_000  # a bomb is small on the wire
@@ -157,23 +171,35 @@ def test_upload_size_limit(client_with):
     page = client.post("/upload", files={"file": ("big.png", png(300, 300))})  # the form says it too
     assert page.status_code == 413 and 'id="error"' in page.text and "The upload is 264.5 kB" in page.text
     body, boundary = b"x" * 200_000, "b0undary"
-    chunked = client.post("/api/search", content=iter([body[i:i + 8192] for i in range(0, len(body), 8192)]),
-                          headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    chunked = client.post(
+        "/api/search",
+        content=iter([body[i : i + 8192] for i in range(0, len(body), 8192)]),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert chunked.status_code == 413 and "The upload is over" in chunked.json()["detail"]
 
 
 def test_uploads_leave_no_files_behind(client, small_vgg_root, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a spooled upload would go
     big = png(1000, 600)  # 1.8 MB: Starlette spools it past 1 MB
-    assert len(big) > 2 ** 20 and search(client, big).status_code == 200
+    assert len(big) > 2**20 and search(client, big).status_code == 200
     assert search(client, b"not an image").status_code == 415
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("path", [
-    "..%2F..%2F..%2Fetc%2Fpasswd", "%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/etc/passwd", "%2Fetc%2Fpasswd",
-    "jpg/..%2F..%2Fdb%2Fmeta.json", "gt_files/arch_1_good.txt", "jpg/link.jpg", "jpg/nope.jpg",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "..%2F..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/etc/passwd",
+        "%2Fetc%2Fpasswd",
+        "jpg/..%2F..%2Fdb%2Fmeta.json",
+        "gt_files/arch_1_good.txt",
+        "jpg/link.jpg",
+        "jpg/nope.jpg",
+    ],
+)
 def test_images_are_served_only_from_the_database_list(client, small_vgg_root, path):
     link = small_vgg_root / "jpg" / "link.jpg"  # inside the root, pointing outside it
     link.symlink_to("/etc/hostname")
@@ -196,8 +222,12 @@ def test_images_and_thumbnails(client, small_vgg_root):
 
 def test_openapi_schema_lists_the_api_only(client):
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/api/health", "/api/queries", "/api/queries/{query_id}/search",
-                                    "/api/search"}
+    assert set(schema["paths"]) == {
+        "/api/health",
+        "/api/queries",
+        "/api/queries/{query_id}/search",
+        "/api/search",
+    }
     assert "multipart/form-data" in schema["paths"]["/api/search"]["post"]["requestBody"]["content"]
     assert client.get("/docs").status_code == 404  # its page would load scripts from a CDN
 
@@ -233,12 +263,15 @@ def test_upload_pages(client, small_vgg_root):
 # ------------------------------------------------------------------------- concurrency
 def test_50_concurrent_searches_on_the_live_server(live_server, app_service, small_vgg_root):
     names = app_service.artifact.image_names
-    expected = {n: [(m.name, m.score) for m in app_service.searcher.query(path, k=4)]
-                for n, path in zip(names, app_service.artifact.image_paths)}
+    expected = {
+        n: [(m.name, m.score) for m in app_service.searcher.query(path, k=4)]
+        for n, path in zip(names, app_service.artifact.image_paths)
+    }
 
     async def one(client: httpx.AsyncClient, name: str) -> tuple[str, list]:
-        response = await client.post("/api/search", files={"file": (name, jpg(small_vgg_root, name))},
-                                     data={"k": "4"})
+        response = await client.post(
+            "/api/search", files={"file": (name, jpg(small_vgg_root, name))}, data={"k": "4"}
+        )
         response.raise_for_status()
         return name, [(r["name"], r["score"]) for r in response.json()["results"]]
 

@@ -5,6 +5,7 @@ The same journeys make the README's screenshots from any database:
 
     python -m tests.test_app_browser DB_DIR docs/images
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,13 +16,22 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium "
-                                  "(apt-get install chromium); Playwright never downloads one")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian's chromium is not installed at /usr/bin/chromium "
+        "(apt-get install chromium); Playwright never downloads one",
+    ),
+]
 
 # the label colours of base.html, as the browser computes them
-LABEL_COLOURS = {"good": "rgb(21, 128, 61)", "ok": "rgb(101, 163, 13)", "junk": "rgb(107, 114, 128)",
-                 "wrong": "rgb(185, 28, 28)"}
+LABEL_COLOURS = {
+    "good": "rgb(21, 128, 61)",
+    "ok": "rgb(101, 163, 13)",
+    "junk": "rgb(107, 114, 128)",
+    "wrong": "rgb(185, 28, 28)",
+}
 DROP_FILE = """([data, name]) => {
   const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
   const transfer = new DataTransfer();
@@ -38,9 +48,11 @@ def launch(playwright):
 
 def images_loaded(page) -> bool:
     """Every image in view decoded (below the fold they load lazily, on scrolling)."""
-    return page.evaluate("Array.from(document.images)"
-                         ".filter(i => i.getBoundingClientRect().top < innerHeight)"
-                         ".every(i => i.complete && i.naturalWidth > 0)")
+    return page.evaluate(
+        "Array.from(document.images)"
+        ".filter(i => i.getBoundingClientRect().top < innerHeight)"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
 
 
 def gallery_to_results(page, base_url: str, shots: Path, k: int, query: int = 0) -> dict:
@@ -60,11 +72,19 @@ def gallery_to_results(page, base_url: str, shots: Path, k: int, query: int = 0)
     assert images_loaded(page)
     box = page.locator("#query-bbox").bounding_box()
     badges = {label: page.locator(f".badge.{label}") for label in LABEL_COLOURS}
-    colours = {label: badge.first.evaluate("e => getComputedStyle(e).backgroundColor")
-               for label, badge in badges.items() if badge.count()}
+    colours = {
+        label: badge.first.evaluate("e => getComputedStyle(e).backgroundColor")
+        for label, badge in badges.items()
+        if badge.count()
+    }
     page.screenshot(path=shots / "webapp_results.png", full_page=True)
-    return {"queries": n_queries, "ap": float(page.text_content("#ap")), "box": box, "colours": colours,
-            "labels": page.locator("a.result").evaluate_all("cards => cards.map(c => c.dataset.label)")}
+    return {
+        "queries": n_queries,
+        "ap": float(page.text_content("#ap")),
+        "box": box,
+        "colours": colours,
+        "labels": page.locator("a.result").evaluate_all("cards => cards.map(c => c.dataset.label)"),
+    }
 
 
 def upload(page, base_url: str, image: Path, shots: Path | None, drop: bool = False) -> list[str]:
@@ -139,8 +159,11 @@ def main(db: str, out: str) -> None:
     service = SearchService.load(AppSettings(db=db))
     shots = Path(out)
     shots.mkdir(parents=True, exist_ok=True)
-    with serve_in_thread(create_app(service)) as url, sync_playwright() as playwright, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        serve_in_thread(create_app(service)) as url,
+        sync_playwright() as playwright,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         page = launch(playwright).new_page(viewport={"width": 1280, "height": 860})
         aps = [httpx.get(f"{url}/api/queries/{q.id}/search?k=1").json()["ap"] or 0 for q in service.queries]
         best = max(range(len(aps)), key=aps.__getitem__)

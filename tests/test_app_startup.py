@@ -1,4 +1,5 @@
 """Web app start-up: the CLI, configuration, refusals of a missing or mismatched database."""
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,20 @@ def test_cli_serves_on_the_configured_port(small_database, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "retrieval.pipelines.app", f"db={small_database}",
-                               f"port={port}", "log_level=warning"],
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "retrieval.pipelines.app",
+            f"db={small_database}",
+            f"port={port}",
+            "log_level=warning",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline, health = time.monotonic() + 120, None
         while health is None and server.poll() is None and time.monotonic() < deadline:
@@ -75,11 +87,14 @@ def test_config_reaches_the_settings():
         load_service(app_cfg(["db=/x", "ground_truth=yes"]))
 
 
-@pytest.mark.parametrize("breakage,message", [
-    ("embeddings", "does not match its model: re-embedding .* cosine"),
-    ("checkpoint", "was built with another checkpoint"),
-    ("image_root", "the images of database .* are not at"),
-])
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        ("embeddings", "does not match its model: re-embedding .* cosine"),
+        ("checkpoint", "was built with another checkpoint"),
+        ("image_root", "the images of database .* are not at"),
+    ],
+)
 def test_a_database_that_does_not_match_refuses_to_start(small_database, tmp_path, breakage, message):
     db = Path(shutil.copytree(small_database, tmp_path / "db"))
     settings = AppSettings(db=str(db))

@@ -1,5 +1,6 @@
 """Class-labelled collections: the generated set, the folder and CSV readers, every bad
 input they must name, the datamodule's splits and loaders, and train.py end to end."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,13 +13,13 @@ import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
-from retrieval.datamodules.class_datamodule import ClassDataModule, split_items
-from retrieval.data.class_formats import read_class_csv, read_class_folders
 from retrieval.acquisition.toy_classes import write_toy_classes
+from retrieval.data.class_formats import read_class_csv, read_class_folders
+from retrieval.datamodules.class_datamodule import ClassDataModule, split_items
 from retrieval.training.class_metric_module import ClassMetricModule
 from retrieval.utils.errors import DatasetError
-from tests.test_configs import compose_cfg
 from tests.conftest import run_script as run
+from tests.test_configs import compose_cfg
 
 N_CLASSES, PER_CLASS = 6, 8
 
@@ -44,6 +45,7 @@ def test_generator_is_deterministic_real_images(toy, tmp_path):
     again = write_toy_classes(tmp_path, N_CLASSES, PER_CLASS, size=32)
     files = sorted(p.relative_to(toy) for p in toy.rglob("*.png"))
     assert len(files) == N_CLASSES * PER_CLASS
+
     def digest(root: Path) -> str:
         return hashlib.sha256(b"".join((root / f).read_bytes() for f in files)).hexdigest()
 
@@ -104,21 +106,38 @@ def csv_dir(tmp_path) -> Path:
 GOOD_ROWS = "a1.png,a,train\na2.png,a,train\nb1.png,b,val\nb2.png,b,val\n"
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("path,split\n" + GOOD_ROWS, r"list.csv:1: the header .* lacks the column\(s\) label. The first line must name"),
-    ("", r"list.csv is empty: its first line must name the columns"),
-    ("path,label,split\na1.png,a,train\nmissing.png,a,train\nb1.png,b,val\nb2.png,b,val\n",
-     r"list.csv:3: image .*missing.png does not exist.*dataset.image_root=DIR"),
-    ("path,label,split\na1.png,,train\na2.png,a,train\nb1.png,b,val\nb2.png,b,val\n",
-     r"list.csv:2: empty label"),
-    ("path,label,split\na1.png,a\n" + GOOD_ROWS, r"list.csv:2: 2 fields where the header has 3"),
-    ("path,label,split\na1.png,a,training\na2.png,a,train\nb1.png,b,val\nb2.png,b,val\n",
-     r"list.csv:2: split 'training' is not one of train, val, test"),
-    ("path,label\na1.png,a\na1.png,a\nb1.png,b\nb2.png,b\n", r"list.csv:3: a1.png is listed again \(first on line 2\)"),
-    ("path,label\na1.png,a\nb1.png,b\nb2.png,b\n",
-     r"at least 2 images .*label 'a' has 1 image \(.*list.csv:2\).*Add rows for these labels"),
-    ("path,label\na1.png,a\na2.png,a\n", r"has 1 class \(a\): retrieval by class needs at least 2"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (
+            "path,split\n" + GOOD_ROWS,
+            r"list.csv:1: the header .* lacks the column\(s\) label. The first line must name",
+        ),
+        ("", r"list.csv is empty: its first line must name the columns"),
+        (
+            "path,label,split\na1.png,a,train\nmissing.png,a,train\nb1.png,b,val\nb2.png,b,val\n",
+            r"list.csv:3: image .*missing.png does not exist.*dataset.image_root=DIR",
+        ),
+        (
+            "path,label,split\na1.png,,train\na2.png,a,train\nb1.png,b,val\nb2.png,b,val\n",
+            r"list.csv:2: empty label",
+        ),
+        ("path,label,split\na1.png,a\n" + GOOD_ROWS, r"list.csv:2: 2 fields where the header has 3"),
+        (
+            "path,label,split\na1.png,a,training\na2.png,a,train\nb1.png,b,val\nb2.png,b,val\n",
+            r"list.csv:2: split 'training' is not one of train, val, test",
+        ),
+        (
+            "path,label\na1.png,a\na1.png,a\nb1.png,b\nb2.png,b\n",
+            r"list.csv:3: a1.png is listed again \(first on line 2\)",
+        ),
+        (
+            "path,label\na1.png,a\nb1.png,b\nb2.png,b\n",
+            r"at least 2 images .*label 'a' has 1 image \(.*list.csv:2\).*Add rows for these labels",
+        ),
+        ("path,label\na1.png,a\na2.png,a\n", r"has 1 class \(a\): retrieval by class needs at least 2"),
+    ],
+)
 def test_bad_csv_names_file_line_and_fix(csv_dir, text, expected):
     with pytest.raises(DatasetError, match=expected):
         read_class_csv(write_csv(csv_dir / "list.csv", text))
@@ -149,8 +168,11 @@ def test_bad_folders(tmp_path):
         tiny_image(tmp_path / "set" / name)
     (tmp_path / "set" / "d").mkdir()
     message = str(pytest.raises(DatasetError, read_class_folders, tmp_path / "set").value)
-    assert re.search(r"at least 2 images .*set/b has 1; .*set/c has 1; .*set/d has 0\. "
-                     r"Add images to these folders or remove them", message), message
+    assert re.search(
+        r"at least 2 images .*set/b has 1; .*set/c has 1; .*set/d has 0\. "
+        r"Add images to these folders or remove them",
+        message,
+    ), message
 
 
 # ------------------------------------------------------------------------------ datamodule
@@ -186,7 +208,9 @@ def test_split_column_and_eval_split(toy):
     dm = datamodule(gt)
     assert len(dm.train_gt) == N_CLASSES * 6 and len(dm.eval_gt) == N_CLASSES * 2
     assert set(dm.train_gt.split) == {"train"} and not dm.evaluates_on_training_anchors
-    with pytest.raises(DatasetError, match=r"no rows have split 'test' .*dataset.eval_split=val\|test\|train"):
+    with pytest.raises(
+        DatasetError, match=r"no rows have split 'test' .*dataset.eval_split=val\|test\|train"
+    ):
         datamodule(gt, eval_split="test")
     on_train = datamodule(gt, eval_split="train")
     assert on_train.evaluates_on_training_anchors and len(on_train.eval_gt) == N_CLASSES * 6
@@ -216,9 +240,14 @@ def test_no_evaluation_positives_is_an_error(tmp_path):
         datamodule(read_class_folders(tmp_path), val_fraction=0.34)
 
 
-@pytest.mark.parametrize("dataset,batch_miner,miner", [
-    ("folder", "all", "NoneType"), ("csv", "batch_hard", "BatchHardMiner"),
-    ("folder", "semi_hard", "TripletMarginMiner")])
+@pytest.mark.parametrize(
+    "dataset,batch_miner,miner",
+    [
+        ("folder", "all", "NoneType"),
+        ("csv", "batch_hard", "BatchHardMiner"),
+        ("folder", "semi_hard", "TripletMarginMiner"),
+    ],
+)
 def test_configs_build_the_class_module_and_datamodule(toy, dataset, batch_miner, miner):
     source = f"dataset.root={toy}" if dataset == "folder" else f"dataset.csv={toy / 'labels.csv'}"
     cfg = compose_cfg("train.yaml", [f"dataset={dataset}", source, f"batch_miner={batch_miner}"])
@@ -233,8 +262,15 @@ def test_configs_build_the_class_module_and_datamodule(toy, dataset, batch_miner
 
 # ------------------------------------------------------------------------------ end to end
 def class_run(root: Path, tmp: Path, *extra: str) -> list[str]:
-    return ["dataset=folder", f"dataset.root={root}", "dataset.image_size=32", "dataset.num_workers=0",
-            f"paths.log_dir={tmp / 'logs'}", "logger=csv", *extra]
+    return [
+        "dataset=folder",
+        f"dataset.root={root}",
+        "dataset.image_size=32",
+        "dataset.num_workers=0",
+        f"paths.log_dir={tmp / 'logs'}",
+        "logger=csv",
+        *extra,
+    ]
 
 
 def test_fast_dev_run_on_a_class_folder(toy, tmp_path):
@@ -256,9 +292,16 @@ def test_short_training_run_reports_recall_at_1(toy, tmp_path):
     """24 batch-hard steps at 32 px. Evaluated on the training images themselves
     (val_fraction=0, flagged as optimistic): there a few steps clearly lift the ranking,
     while held-out numbers on so small a set would need a longer run to be reliable."""
-    result = run("train.py", *class_run(toy, tmp_path), "batch_miner=batch_hard", "trainer.max_epochs=3",
-                 "dataset.batches_per_epoch=8", "dataset.val_fraction=0", "model.optimizer.lr=1e-3",
-                 cwd=tmp_path)
+    result = run(
+        "train.py",
+        *class_run(toy, tmp_path),
+        "batch_miner=batch_hard",
+        "trainer.max_epochs=3",
+        "dataset.batches_per_epoch=8",
+        "dataset.val_fraction=0",
+        "model.optimizer.lr=1e-3",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"R@1 untrained \d\.\d{4} -> trained \d\.\d{4}", result.stdout), result.stdout[-2000:]
     assert "numbers are optimistic" in result.stdout
@@ -277,12 +320,32 @@ def test_ddp_gathers_the_gallery_and_trains_on_per_rank_pk_batches(tmp_path):
     and de-duplicated, so the untrained metrics equal a single process's; each rank trains on
     its own P×K batches."""
     root = write_toy_classes(tmp_path / "data", n_classes=5, per_class=7, size=32)
-    common = [*class_run(root, tmp_path), "dataset.val_fraction=0.45", "dataset.classes_per_batch=2",
-              "dataset.images_per_class=2", "dataset.batches_per_epoch=4", "trainer.max_epochs=1"]
-    single = run("train.py", *common, "train=false", "evaluate_after=false",
-                 f"paths.log_dir={tmp_path / 'single'}", cwd=tmp_path)
-    ddp = run("train.py", *common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-              "trainer.sync_batchnorm=false", f"paths.log_dir={tmp_path / 'ddp'}", cwd=tmp_path)
+    common = [
+        *class_run(root, tmp_path),
+        "dataset.val_fraction=0.45",
+        "dataset.classes_per_batch=2",
+        "dataset.images_per_class=2",
+        "dataset.batches_per_epoch=4",
+        "trainer.max_epochs=1",
+    ]
+    single = run(
+        "train.py",
+        *common,
+        "train=false",
+        "evaluate_after=false",
+        f"paths.log_dir={tmp_path / 'single'}",
+        cwd=tmp_path,
+    )
+    ddp = run(
+        "train.py",
+        *common,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.sync_batchnorm=false",
+        f"paths.log_dir={tmp_path / 'ddp'}",
+        cwd=tmp_path,
+    )
     for result in (single, ddp):
         assert result.returncode == 0, result.stderr[-3000:]
     assert "15 evaluation images" in single.stderr + single.stdout

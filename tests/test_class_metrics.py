@@ -1,6 +1,7 @@
 """Leave-one-out metrics of class-labelled galleries (R@k, P@k, mAP@k, MAP@R): against a
 plain loop, against pytorch-metric-learning's AccuracyCalculator, by hypothesis properties,
 and through the evaluation callback (one gallery loader, padded duplicates)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,14 +44,16 @@ def loop_metrics(embeddings: np.ndarray, labels: np.ndarray, ks=KS) -> dict[str,
 
 def hit_precision_sum(rel: list[bool], k: int) -> float:
     """Sum of the precision at each hit within the first k."""
-    return sum(sum(rel[:i + 1]) / (i + 1) for i in range(min(k, len(rel))) if rel[i])
+    return sum(sum(rel[: i + 1]) / (i + 1) for i in range(min(k, len(rel))) if rel[i])
 
 
 def random_case(seed: int, n: int = 40, n_classes: int = 6, dim: int = 4, singletons: bool = True):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, n_classes, size=n)
     if not singletons:
-        labels = np.sort(np.concatenate([np.arange(n_classes), np.arange(n_classes), labels[2 * n_classes:]]))
+        labels = np.sort(
+            np.concatenate([np.arange(n_classes), np.arange(n_classes), labels[2 * n_classes :]])
+        )
     centres = rng.normal(size=(n_classes, dim))
     return centres[labels] + rng.normal(size=(n, dim)), labels
 
@@ -87,8 +90,11 @@ def test_agrees_with_pytorch_metric_learning(seed):
 
     embeddings, labels = random_case(seed, n=60, singletons=False)
     unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)  # L2 kNN = cosine
-    calculator = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"),
-                                    k="max_bin_count", device=torch.device("cpu"))
+    calculator = AccuracyCalculator(
+        include=("precision_at_1", "mean_average_precision_at_r"),
+        k="max_bin_count",
+        device=torch.device("cpu"),
+    )
     theirs = calculator.get_accuracy(torch.tensor(unit, dtype=torch.float32), torch.tensor(labels))
     ours = evaluate_leave_one_out(embeddings, labels, ks=(1,)).metrics
     assert ours["R@1"] == pytest.approx(theirs["precision_at_1"], abs=1e-6)
@@ -107,8 +113,9 @@ def test_blockwise_rankings_equal_one_block_and_exclude_the_query():
 
 # ----------------------------------------------------------------------------- properties
 # dim >= 2: on a line (dim 1) cosine similarities are all ±1, every ranking a tie
-cases = st.builds(random_case, st.integers(0, 2**31), st.integers(2, 40), st.integers(1, 8),
-                  st.integers(2, 6))
+cases = st.builds(
+    random_case, st.integers(0, 2**31), st.integers(2, 40), st.integers(1, 8), st.integers(2, 6)
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -164,8 +171,14 @@ def run_callback(gt, batches) -> tuple[RetrievalEvaluation, dict]:
     callback = RetrievalEvaluation(ks=(1, 2))
     callback.on_validation_epoch_start(trainer, module)
     for embeddings, indices in batches:
-        callback.on_validation_batch_end(trainer, module, {"embeddings": torch.tensor(embeddings),
-                                                           "indices": torch.tensor(indices)}, None, 0, 0)
+        callback.on_validation_batch_end(
+            trainer,
+            module,
+            {"embeddings": torch.tensor(embeddings), "indices": torch.tensor(indices)},
+            None,
+            0,
+            0,
+        )
     callback.on_validation_epoch_end(trainer, module)
     return callback, logged
 
@@ -175,7 +188,7 @@ def test_callback_evaluates_the_gallery_leave_one_out():
     embeddings = embeddings.astype(np.float32)
     # shuffled batches with the padded duplicates a DistributedSampler adds
     order = np.concatenate([np.random.default_rng(0).permutation(12), [0, 5]])
-    batches = [(embeddings[order[i:i + 5]], order[i:i + 5]) for i in range(0, 14, 5)]
+    batches = [(embeddings[order[i : i + 5]], order[i : i + 5]) for i in range(0, 14, 5)]
     callback, logged = run_callback(class_gt(labels), batches)
     result = callback.last_result
     direct = evaluate_embeddings(embeddings, embeddings, class_gt(labels), (1, 2))

@@ -1,4 +1,5 @@
 """Every option of every config group composes, and instantiates what it names."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # dataset_model, eval_inputs and train_inputs are chosen by interpolation (from the dataset
 # and model choices), so they are exercised through the dataset and model options; hydra/ is
 # Hydra's own settings
-GROUPS = sorted(p.name for p in CONFIGS.iterdir()
-                if p.is_dir() and p.name not in ("hydra", "dataset_model", "eval_inputs", "train_inputs"))
+GROUPS = sorted(
+    p.name
+    for p in CONFIGS.iterdir()
+    if p.is_dir() and p.name not in ("hydra", "dataset_model", "eval_inputs", "train_inputs")
+)
 # the dataset an option belongs to when not the default (toy, a landmark set)
 # the dataset an option needs (by group, or by (group, option)): class-set options need a class set
 CONTEXT = {"batch_miner": ["dataset=toy_classes"], ("model", "class_metric"): ["dataset=toy_classes"]}
@@ -79,7 +83,9 @@ def test_each_kind_of_set_composes_its_own_module_and_negatives(dataset):
         assert "negative_pools" not in cfg.dataset and "split" not in cfg.dataset
         assert cfg.model._target_ == "retrieval.training.class_metric_module.ClassMetricModule"
         assert cfg.model.miner == cfg.batch_miner and cfg.batch_miner._target_.endswith("every_triplet")
-        assert cfg.model.net == compose_cfg("train.yaml", ["dataset=toy"]).model.net  # the same ImageNet Lite0
+        assert (
+            cfg.model.net == compose_cfg("train.yaml", ["dataset=toy"]).model.net
+        )  # the same ImageNet Lite0
 
 
 @pytest.mark.parametrize("dataset", ["toy", "folder"])

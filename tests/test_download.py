@@ -3,6 +3,7 @@
 Everything runs offline: the server listens on 127.0.0.1 and a guard fails any test that
 tries to open a connection anywhere else.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -130,12 +131,15 @@ def _vgg_gt(landmarks: tuple[str, ...], prefix: str) -> dict[str, bytes]:
 def oxford_files() -> dict[str, bytes]:
     """oxbuild_images-v1.tgz is flat (all_souls_000000.jpg ...); query files use oxc1_ names."""
     names = [f"{lm}_{i:06d}" for lm in ("all_souls", "ashmolean") for i in range(4)] + ["oxford_000001"]
-    return {OX_IMAGES: _tgz({f"{n}.jpg": _jpeg(i) for i, n in enumerate(names)}),
-            OX_GT: _tgz(_vgg_gt(("all_souls", "ashmolean"), "oxc1_"))}
+    return {
+        OX_IMAGES: _tgz({f"{n}.jpg": _jpeg(i) for i, n in enumerate(names)}),
+        OX_GT: _tgz(_vgg_gt(("all_souls", "ashmolean"), "oxc1_")),
+    }
 
 
 def paris_files() -> dict[str, bytes]:
     """Two archives unpacking as paris/<landmark>/paris_<landmark>_NNNNNN.jpg; one image is broken."""
+
     def part(landmark: str, broken: bool) -> bytes:
         members: dict[str, bytes | None] = {"paris/": None, f"paris/{landmark}/": None}
         members |= {f"paris/{landmark}/paris_{landmark}_{i:06d}.jpg": _jpeg(i) for i in range(4)}
@@ -143,32 +147,44 @@ def paris_files() -> dict[str, bytes]:
             members[f"paris/{landmark}/paris_{landmark}_000099.jpg"] = b"\x00" * 40
         return _tgz(members)
 
-    return {"paris_1-v1.tgz": part("defense", False), "paris_2-v1.tgz": part("eiffel", True),
-            "paris_120310.tgz": _tgz(_vgg_gt(("paris_defense", "paris_eiffel"), ""))}
+    return {
+        "paris_1-v1.tgz": part("defense", False),
+        "paris_2-v1.tgz": part("eiffel", True),
+        "paris_120310.tgz": _tgz(_vgg_gt(("paris_defense", "paris_eiffel"), "")),
+    }
 
 
 def gnd_pkl() -> bytes:
     imlist = [f"{lm}_{i:06d}" for lm in ("all_souls", "ashmolean") for i in range(1, 4)]
-    gnd = [{"bbx": [1.0, 2.0, 20.0, 15.0], "easy": [0, 1], "hard": [2], "junk": []},
-           {"bbx": [0.0, 0.0, 10.0, 10.0], "easy": [3], "hard": [4, 5], "junk": [0]}]
+    gnd = [
+        {"bbx": [1.0, 2.0, 20.0, 15.0], "easy": [0, 1], "hard": [2], "junk": []},
+        {"bbx": [0.0, 0.0, 10.0, 10.0], "easy": [3], "hard": [4, 5], "junk": [0]},
+    ]
     return pickle.dumps({"imlist": imlist, "qimlist": ["all_souls_000000", "ashmolean_000000"], "gnd": gnd})
 
 
 def table_for(files: dict[str, bytes], pin: bool = True) -> dict:
     """DATASETS with each served file's size and sha256 pinned (or nothing pinned)."""
+
     def adjust(remote):
         data = files.get(remote.name)
         pinned = pin and data is not None
-        return dataclasses.replace(remote, md5=None, size=len(data) if pinned else None,
-                                   sha256=hashlib.sha256(data).hexdigest() if pinned else None)
+        return dataclasses.replace(
+            remote,
+            md5=None,
+            size=len(data) if pinned else None,
+            sha256=hashlib.sha256(data).hexdigest() if pinned else None,
+        )
+
     return {n: dataclasses.replace(s, files=tuple(map(adjust, s.files))) for n, s in DATASETS.items()}
 
 
 def run(name: str, root: Path, server, table: dict, **kwargs):
     out = io.StringIO()
     kwargs.setdefault("options", FAST)
-    report = download_dataset(name, root, mirror=server.url, console=Console(file=out, width=300),
-                              table=table, **kwargs)
+    report = download_dataset(
+        name, root, mirror=server.url, console=Console(file=out, width=300), table=table, **kwargs
+    )
     return report, out.getvalue()
 
 
@@ -345,10 +361,16 @@ def tar_filter(request, monkeypatch):
         monkeypatch.delattr(tarfile, "data_filter")
 
 
-@pytest.mark.parametrize("link", [
-    (tarfile.SYMTYPE, "/etc/passwd"), (tarfile.SYMTYPE, "../outside"),
-    (tarfile.SYMTYPE, "sub/../.."), (tarfile.LNKTYPE, "../outside"), (tarfile.CHRTYPE, ""),
-])
+@pytest.mark.parametrize(
+    "link",
+    [
+        (tarfile.SYMTYPE, "/etc/passwd"),
+        (tarfile.SYMTYPE, "../outside"),
+        (tarfile.SYMTYPE, "sub/../.."),
+        (tarfile.LNKTYPE, "../outside"),
+        (tarfile.CHRTYPE, ""),
+    ],
+)
 def test_links_out_of_the_archive_and_device_files_are_refused(tmp_path, link, tar_filter):
     archive = tmp_path / "bad.tgz"
     archive.write_bytes(_tgz({"ok.txt": b"fine"}, links={"member": link}))
@@ -359,8 +381,12 @@ def test_links_out_of_the_archive_and_device_files_are_refused(tmp_path, link, t
 
 def test_safe_extract_keeps_links_inside_and_rejects_garbage(tmp_path, tar_filter):
     archive = tmp_path / "ok.tgz"
-    archive.write_bytes(_tgz({"sub/": None, "sub/a.txt": b"a", "._sub": b"mac junk"},
-                             links={"alias.txt": (tarfile.SYMTYPE, "sub/a.txt")}))
+    archive.write_bytes(
+        _tgz(
+            {"sub/": None, "sub/a.txt": b"a", "._sub": b"mac junk"},
+            links={"alias.txt": (tarfile.SYMTYPE, "sub/a.txt")},
+        )
+    )
     assert safe_extract(archive, tmp_path / "out") == 2
     assert (tmp_path / "out" / "alias.txt").read_text() == "a"
     assert not (tmp_path / "out" / "._sub").exists()
@@ -373,8 +399,16 @@ def test_without_network_the_command_says_so_and_how_to_place_files(tmp_path, ca
     with socket.socket() as probe:  # a port nothing listens on: connections are refused
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    result = run_script("-m", "retrieval.pipelines.download", "dataset=oxford5k", f"paths.data_dir={tmp_path}",
-                 f"mirror={dead}", "quiet=true", "retries=3", cwd=tmp_path)
+    result = run_script(
+        "-m",
+        "retrieval.pipelines.download",
+        "dataset=oxford5k",
+        f"paths.data_dir={tmp_path}",
+        f"mirror={dead}",
+        "quiet=true",
+        "retries=3",
+        cwd=tmp_path,
+    )
     err = result.stderr
     assert result.returncode == 2 and "Traceback" not in err
     assert "impossible from here" in err and OX_IMAGES in err
@@ -385,8 +419,9 @@ def test_without_network_the_command_says_so_and_how_to_place_files(tmp_path, ca
     for name, data in files.items():
         (tmp_path / "oxford5k" / "archives" / name).write_bytes(data)
     out = io.StringIO()
-    report = download_dataset("oxford5k", tmp_path, mirror=dead, options=FAST, table=table_for(files),
-                              console=Console(file=out))
+    report = download_dataset(
+        "oxford5k", tmp_path, mirror=dead, options=FAST, table=table_for(files), console=Console(file=out)
+    )
     assert report.downloaded == [] and report.extracted == [OX_IMAGES, OX_GT]
     assert len(load_classic_ground_truth(tmp_path / "oxford5k", "oxford5k").queries) == 4
 
@@ -396,6 +431,13 @@ def test_without_a_dataset_the_command_lists_every_dataset_with_its_size_and_sou
     out = result.stdout
     for name in DATASETS:
         assert re.search(rf"{name}\s+~[\d.]+ GB", out)
-    for source in ("oxbuild_images-v1.tgz", "gt_files_170407.tgz", "paris_1-v1.tgz", "paris_2-v1.tgz",
-                   "paris_120310.tgz", "gnd_roxford5k.pkl", "gnd_rparis6k.pkl"):
+    for source in (
+        "oxbuild_images-v1.tgz",
+        "gt_files_170407.tgz",
+        "paris_1-v1.tgz",
+        "paris_2-v1.tgz",
+        "paris_120310.tgz",
+        "gnd_roxford5k.pkl",
+        "gnd_rparis6k.pkl",
+    ):
         assert source in out

@@ -1,4 +1,5 @@
 """ONNX / TorchScript export: the exported graph embeds like PyTorch, at any image size."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,14 +10,19 @@ from hydra.utils import instantiate
 
 from retrieval.models.export import max_abs_difference
 from retrieval.pipelines.export import export
-from tests.test_configs import compose_cfg
 from tests.conftest import REPO_ROOT as ROOT
 from tests.conftest import run_script as run
+from tests.test_configs import compose_cfg
 
 
 def _checkpoint(tmp_path: Path, pooling: str) -> tuple[Path, list[str]]:
     """A Lightning-format checkpoint ({'state_dict': ...}) of a small, randomly initialised model."""
-    overrides = ["model.net.backbone.name=resnet18", "model.net.backbone.weights=none", "dataset.image_size=64", f"pooling={pooling}"]
+    overrides = [
+        "model.net.backbone.name=resnet18",
+        "model.net.backbone.weights=none",
+        "dataset.image_size=64",
+        f"pooling={pooling}",
+    ]
     cfg = compose_cfg("export.yaml", [*overrides, "ckpt_path=unused"])
     torch.manual_seed(0)
     model = instantiate(cfg.model)
@@ -49,10 +55,24 @@ def test_parity_check_catches_a_different_network(tmp_path):
 
 def test_export_cli(tmp_path):
     ckpt, overrides = _checkpoint(tmp_path, "gem")
-    result = run("-m", "retrieval.pipelines.export", *overrides, f"ckpt_path={ckpt}", "format=torchscript",
-                 f"output={tmp_path / 'net.pt'}", f"paths.log_dir={tmp_path}", cwd=ROOT)
+    result = run(
+        "-m",
+        "retrieval.pipelines.export",
+        *overrides,
+        f"ckpt_path={ckpt}",
+        "format=torchscript",
+        f"output={tmp_path / 'net.pt'}",
+        f"paths.log_dir={tmp_path}",
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "parity: max |exported - pytorch|" in result.stdout and (tmp_path / "net.pt").is_file()
-    result = run("-m", "retrieval.pipelines.export", *overrides, f"ckpt_path={tmp_path / 'nope.ckpt'}",
-                 f"paths.log_dir={tmp_path}", cwd=ROOT)
+    result = run(
+        "-m",
+        "retrieval.pipelines.export",
+        *overrides,
+        f"ckpt_path={tmp_path / 'nope.ckpt'}",
+        f"paths.log_dir={tmp_path}",
+        cwd=ROOT,
+    )
     assert result.returncode == 2 and "nope.ckpt does not exist" in result.stderr

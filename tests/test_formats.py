@@ -1,4 +1,5 @@
 """The VGG classic and revisited readers on small datasets written in the exact layout."""
+
 from __future__ import annotations
 
 import pickle
@@ -15,7 +16,9 @@ from retrieval.utils.errors import DatasetError
 def write_vgg(root: Path, nested: bool = False, prefix: str = "oxc1_") -> Path:
     """Two landmarks x 2 queries, 4 views each, 3 distractors; Paris-style nesting optional."""
     images = root / "jpg"
-    names = [f"{lm}_{i:06d}" for lm in ("arch", "tower") for i in range(4)] + [f"random_{i:06d}" for i in range(3)]
+    names = [f"{lm}_{i:06d}" for lm in ("arch", "tower") for i in range(4)] + [
+        f"random_{i:06d}" for i in range(3)
+    ]
     for n in names:
         folder = images / ("paris" if nested else "") / (n.split("_")[0] if nested else "")
         folder.mkdir(parents=True, exist_ok=True)
@@ -48,15 +51,24 @@ def test_nested_paris_layout_without_prefix(tmp_path):
     assert gt.image_paths[0].parent.parent.name == "paris"
 
 
-@pytest.mark.parametrize("breakage,expected", [
-    (lambda r: (r / "gt_files" / "arch_1_good.txt").write_text("arch_000000\nnot_an_image\n"),
-     r"arch_1_good.txt:2 names image 'not_an_image'"),
-    (lambda r: (r / "gt_files" / "arch_1_query.txt").write_text("oxc1_arch_000000 1 2 3\n"),
-     r"arch_1_query.txt:1 is not a query line"),
-    (lambda r: (r / "gt_files" / "arch_1_ok.txt").unlink(), r"arch_1_ok.txt is missing"),
-    (lambda r: [(r / "gt_files" / f"arch_1_{k}.txt").write_text("") for k in ("good", "ok")],
-     r"both arch_1_good.txt and arch_1_ok.txt are empty"),
-])
+@pytest.mark.parametrize(
+    "breakage,expected",
+    [
+        (
+            lambda r: (r / "gt_files" / "arch_1_good.txt").write_text("arch_000000\nnot_an_image\n"),
+            r"arch_1_good.txt:2 names image 'not_an_image'",
+        ),
+        (
+            lambda r: (r / "gt_files" / "arch_1_query.txt").write_text("oxc1_arch_000000 1 2 3\n"),
+            r"arch_1_query.txt:1 is not a query line",
+        ),
+        (lambda r: (r / "gt_files" / "arch_1_ok.txt").unlink(), r"arch_1_ok.txt is missing"),
+        (
+            lambda r: [(r / "gt_files" / f"arch_1_{k}.txt").write_text("") for k in ("good", "ok")],
+            r"both arch_1_good.txt and arch_1_ok.txt are empty",
+        ),
+    ],
+)
 def test_bad_ground_truth_names_file_and_line(tmp_path, breakage, expected):
     root = write_vgg(tmp_path)
     breakage(root)

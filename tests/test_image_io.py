@@ -1,5 +1,6 @@
 """Every kind of image file decodes to 8-bit RGB; damaged and oversized files are refused,
 and a dataset indexes around them with a warning that names them."""
+
 from __future__ import annotations
 
 import io
@@ -32,12 +33,20 @@ def test_every_mode_loads_as_rgb(tmp_path, kind):
     path, expected = {
         "cmyk_jpeg": (lambda: (_save(tmp_path / "a.jpg", base.convert("CMYK"), quality=100), RGB)),
         "gray_png": (lambda: (_save(tmp_path / "a.png", Image.fromarray(gray)), np.dstack([gray] * 3))),
-        "palette_alpha_png": (lambda: (_save(tmp_path / "a.png", base.convert("P"), transparency=0),
-                                       np.asarray(base.convert("P").convert("RGB")))),
+        "palette_alpha_png": (
+            lambda: (
+                _save(tmp_path / "a.png", base.convert("P"), transparency=0),
+                np.asarray(base.convert("P").convert("RGB")),
+            )
+        ),
         "rgba_png": (lambda: (_save(tmp_path / "a.png", base.convert("RGBA")), RGB)),
         # 16-bit: Pillow's convert("RGB") clips at 255; we scale 0..65535 to 0..255
-        "gray16_png": (lambda: (_save(tmp_path / "a.png", Image.fromarray(gray.astype(np.uint16) * 257)),
-                                np.dstack([gray] * 3))),
+        "gray16_png": (
+            lambda: (
+                _save(tmp_path / "a.png", Image.fromarray(gray.astype(np.uint16) * 257)),
+                np.dstack([gray] * 3),
+            )
+        ),
     }[kind]()
     image = load_rgb(path)
     assert image.mode == "RGB" and image.size == (32, 24)
@@ -47,11 +56,17 @@ def test_every_mode_loads_as_rgb(tmp_path, kind):
 
 def _huge_png(path: Path, width: int, height: int) -> Path:
     """A valid PNG header announcing width x height pixels, with almost no data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -95,5 +110,7 @@ def test_paris_corrupt_images_are_skipped_with_a_warning_naming_them(tmp_path, c
 def test_an_unreadable_query_image_is_an_error_naming_it(tmp_path):
     root = write_vgg(tmp_path / "oxford5k")
     (root / "jpg" / "arch_000000.jpg").write_text("garbage")
-    with pytest.raises(Exception, match="arch_1_query.txt:1 names query image 'arch_000000', which is unreadable"):
+    with pytest.raises(
+        Exception, match="arch_1_query.txt:1 names query image 'arch_000000', which is unreadable"
+    ):
         load_classic_ground_truth(root, name="oxford5k")

@@ -5,6 +5,7 @@ direct transcriptions of Oxford's compute_ap.cpp and of revisitop's compute_ap/c
 (python/evaluate.py in filipradenovic/revisitop; its ranks are [ndb, nq], ours [nq, ndb]).
 bench/metrics.py times the vectorised code against them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -147,10 +148,12 @@ def retrieval_cases(draw, max_db: int = 40, max_q: int = 6, overlap: bool = Fals
 
 
 def _cpp_aps(rankings, positives, junk):
-    return np.array([
-        cpp_compute_ap(set(p.tolist()), set(j.tolist()), r.tolist()) if len(p) else np.nan
-        for r, p, j in zip(rankings, positives, junk)
-    ])
+    return np.array(
+        [
+            cpp_compute_ap(set(p.tolist()), set(j.tolist()), r.tolist()) if len(p) else np.nan
+            for r, p, j in zip(rankings, positives, junk)
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------- parity
@@ -166,8 +169,9 @@ def test_ap_and_precision_match_revisitop_and_compute_ap_cpp(case):
     aps = average_precisions(rankings, positives, junk)
     np.testing.assert_allclose(aps, ref_aps, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(aps, _cpp_aps(rankings, positives, junk), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(precision_at_ks(rankings, positives, junk, ks), ref_prs,
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        precision_at_ks(rankings, positives, junk, ks), ref_prs, rtol=1e-12, atol=1e-12
+    )
 
 
 @settings(max_examples=100, deadline=None)
@@ -177,8 +181,7 @@ def test_overlapping_positive_and_junk_follow_revisitop(case):
     gnd = [{"ok": p, "junk": j} for p, j in zip(positives, junk)]
     _, ref_aps, _, ref_prs = revisitop_compute_map(rankings.T.copy(), gnd, (1, 5))
     np.testing.assert_allclose(average_precisions(rankings, positives, junk), ref_aps, atol=1e-12)
-    np.testing.assert_allclose(precision_at_ks(rankings, positives, junk, (1, 5)), ref_prs,
-                               atol=1e-12)
+    np.testing.assert_allclose(precision_at_ks(rankings, positives, junk, (1, 5)), ref_prs, atol=1e-12)
 
 
 @settings(max_examples=100, deadline=None)
@@ -187,16 +190,19 @@ def test_truncated_rankings_match_compute_ap_cpp(case, depth):
     """A shortlist: positives never retrieved contribute 0 but still count in n_pos."""
     rankings, positives, junk = case
     short = rankings[:, :depth]
-    np.testing.assert_allclose(average_precisions(short, positives, junk),
-                               _cpp_aps(short, positives, junk), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        average_precisions(short, positives, junk), _cpp_aps(short, positives, junk), rtol=1e-12, atol=1e-12
+    )
 
 
 @settings(max_examples=100, deadline=None)
 @given(retrieval_cases(), st.integers(1, 45))
 def test_reference_ap_at_k_matches_loop(case, k):
     rankings, positives, _ = case
-    expected = [loop_reference_ap_at_k(r.tolist(), set(p.tolist()), k) if len(p) else np.nan
-                for r, p in zip(rankings, positives)]
+    expected = [
+        loop_reference_ap_at_k(r.tolist(), set(p.tolist()), k) if len(p) else np.nan
+        for r, p in zip(rankings, positives)
+    ]
     np.testing.assert_allclose(reference_ap_at_k(rankings, positives, k), expected, atol=1e-12)
 
 
@@ -206,7 +212,7 @@ def test_realistic_size_parity():
     rankings = np.stack([rng.permutation(600) for _ in range(70)])
     labels = [rng.permutation(600)[: rng.integers(0, 120)] for _ in range(70)]
     positives = [np.sort(lab[: len(lab) * 2 // 3]) for lab in labels]
-    junk = [np.sort(lab[len(lab) * 2 // 3:]) for lab in labels]
+    junk = [np.sort(lab[len(lab) * 2 // 3 :]) for lab in labels]
     gnd = [{"ok": p, "junk": j} for p, j in zip(positives, junk)]
     ref_map, ref_aps, ref_pr, _ = revisitop_compute_map(rankings.T.copy(), gnd, (1, 5, 10))
     np.testing.assert_allclose(average_precisions(rankings, positives, junk), ref_aps, atol=1e-12)
@@ -225,9 +231,9 @@ def test_relabelling_database_indices_changes_nothing(case, seed):
     rankings, positives, junk = case
     relabel = np.random.default_rng(seed).permutation(rankings.shape[1])
     relabelled = average_precisions(
-        relabel[rankings], [relabel[p] for p in positives], [relabel[j] for j in junk])
-    np.testing.assert_allclose(relabelled, average_precisions(rankings, positives, junk),
-                               atol=1e-12)
+        relabel[rankings], [relabel[p] for p in positives], [relabel[j] for j in junk]
+    )
+    np.testing.assert_allclose(relabelled, average_precisions(rankings, positives, junk), atol=1e-12)
 
 
 @settings(max_examples=100, deadline=None)
@@ -261,10 +267,12 @@ def test_moving_junk_changes_nothing(case, seed):
     rankings, positives, junk = case
     rng = np.random.default_rng(seed)
     moved = np.stack([_scatter_junk(r, j, rng) for r, j in zip(rankings, junk)])
-    np.testing.assert_allclose(average_precisions(moved, positives, junk),
-                               average_precisions(rankings, positives, junk), atol=1e-12)
-    np.testing.assert_allclose(precision_at_ks(moved, positives, junk),
-                               precision_at_ks(rankings, positives, junk), atol=1e-12)
+    np.testing.assert_allclose(
+        average_precisions(moved, positives, junk), average_precisions(rankings, positives, junk), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        precision_at_ks(moved, positives, junk), precision_at_ks(rankings, positives, junk), atol=1e-12
+    )
 
 
 @settings(max_examples=150, deadline=None)
@@ -303,8 +311,9 @@ def test_hand_computed_values():
     # two positives, only one in the shortlist: half of 1.0
     assert average_precisions(np.array([[5, 6]]), [np.array([5, 7])])[0] == pytest.approx(0.5)
     # revisitop P@10 with positives at 1-based ranks 1 and 3: kq = min(3, 10), P = 2/3
-    np.testing.assert_allclose(precision_at_ks(ranking, [np.array([0, 2])], ks=(1, 2, 10)),
-                               [[1.0, 0.5, 2 / 3]])
+    np.testing.assert_allclose(
+        precision_at_ks(ranking, [np.array([0, 2])], ks=(1, 2, 10)), [[1.0, 0.5, 2 / 3]]
+    )
     # seed AP@3: hits at 1 and 3 -> (1 + 2/3) / 3
     assert reference_ap_at_k(ranking, [np.array([0, 2])], 3)[0] == pytest.approx(5 / 9)
     assert np.isnan(average_precisions(ranking, [np.array([], np.int64)])[0])
@@ -318,8 +327,12 @@ def test_rank_by_similarity_is_stable_on_ties():
 
 
 def _query(name: str, **labels) -> Query:
-    return Query(name, "tower", Path(f"{name}.jpg"),
-                 **{k: np.asarray(sorted(v), dtype=np.int64) for k, v in labels.items()})
+    return Query(
+        name,
+        "tower",
+        Path(f"{name}.jpg"),
+        **{k: np.asarray(sorted(v), dtype=np.int64) for k, v in labels.items()},
+    )
 
 
 def test_classic_protocol_uses_good_and_ok_and_ignores_junk():

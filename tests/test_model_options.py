@@ -1,5 +1,6 @@
 """Model options: local / hub weights, triplet distances, projection head, bf16 +
 channels_last + torch.compile in a real (one-batch) training run."""
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,9 @@ from hydra.utils import instantiate
 from retrieval.models.backbone import create_backbone
 from retrieval.models.losses import cosine_distance, euclidean, squared_euclidean
 from retrieval.utils.errors import UserFacingError, WeightsError
-from tests.test_configs import compose_cfg
 from tests.conftest import run_script as run
 from tests.conftest import small_run
+from tests.test_configs import compose_cfg
 
 
 def test_local_weights_load_into_the_headless_backbone(tmp_path):
@@ -38,7 +39,9 @@ def test_wrong_or_missing_weights_name_the_file(tmp_path):
 def test_failed_download_names_the_ways_out():
     code = "from retrieval.models.backbone import create_backbone; create_backbone('resnet18', weights='imagenet')"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the hub unreachable, without waiting on a network
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
     assert result.returncode != 0
     assert "WeightsError" in result.stderr and "model.net.backbone.weights=FILE" in result.stderr
     assert "model.net.backbone.weights=none" in result.stderr
@@ -49,22 +52,34 @@ def test_triplet_distances():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     y = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
     assert torch.allclose(squared_euclidean(x, y), torch.tensor([2.0, 0.0]))
-    assert torch.allclose(euclidean(x, y), torch.tensor([2.0 ** 0.5, 1e-6]), atol=1e-5)
+    assert torch.allclose(euclidean(x, y), torch.tensor([2.0**0.5, 1e-6]), atol=1e-5)
     assert torch.allclose(cosine_distance(x, y), torch.tensor([1.0, 0.0]))
     for name in ("euclidean", "cosine_distance"):
-        cfg = compose_cfg("train.yaml", [f"model.loss.distance_function._target_=retrieval.models.losses.{name}"])
+        cfg = compose_cfg(
+            "train.yaml", [f"model.loss.distance_function._target_=retrieval.models.losses.{name}"]
+        )
         loss = instantiate(cfg.model.loss)
         assert loss(x, y, -x) >= 0
 
 
 def test_linear_head_is_sized_before_the_optimizer_sees_it(tmp_path):
-    cfg = compose_cfg("train.yaml", ["head=linear", "model.net.projection.out_features=32",
-                                     "model.net.backbone.name=resnet18", "model.net.backbone.weights=none"])
+    cfg = compose_cfg(
+        "train.yaml",
+        [
+            "head=linear",
+            "model.net.projection.out_features=32",
+            "model.net.backbone.name=resnet18",
+            "model.net.backbone.weights=none",
+        ],
+    )
     model = instantiate(cfg.model)
     model.configure_model()  # outside a trainer: sized at 224 px
     optimizer = model.configure_optimizers()["optimizer"]
-    assert all(not isinstance(p, torch.nn.parameter.UninitializedParameter)
-               for group in optimizer.param_groups for p in group["params"])
+    assert all(
+        not isinstance(p, torch.nn.parameter.UninitializedParameter)
+        for group in optimizer.param_groups
+        for p in group["params"]
+    )
     assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 32)
     # a checkpoint of it loads into a fresh, still lazy model
     fresh = instantiate(cfg.model)
@@ -75,9 +90,18 @@ def test_linear_head_is_sized_before_the_optimizer_sees_it(tmp_path):
 @pytest.mark.slow
 def test_bf16_channels_last_compile_linear_head_train(tiny_landmarks, tmp_path):
     # the eager backend exercises torch.compile's code path without a C++ toolchain's minutes
-    result = run("train.py", *small_run(tiny_landmarks, tmp_path), "debug=fast", "logger=csv",
-                 "trainer.precision=bf16-mixed", "model.channels_last=true", "model.compile=true",
-                 "+model.compile_options.backend=eager", "head=linear", cwd=tmp_path)
+    result = run(
+        "train.py",
+        *small_run(tiny_landmarks, tmp_path),
+        "debug=fast",
+        "logger=csv",
+        "trainer.precision=bf16-mixed",
+        "model.channels_last=true",
+        "model.compile=true",
+        "+model.compile_options.backend=eager",
+        "head=linear",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -99,6 +123,13 @@ def test_whitening_head_starts_from_a_fitted_whitening(tmp_path):
     np.savez(tmp_path / "power.npz", **fit_whitening(descriptors, dim=8, power=0.5).to_dict())
     with pytest.raises(UserFacingError, match="power normalisation"):
         WhiteningProjection(init_from=tmp_path / "power.npz")
-    cfg = compose_cfg("train.yaml", ["head=whitening", "model.net.projection.in_features=512",
-                                     "model.net.backbone.name=resnet18", "model.net.backbone.weights=none"])
+    cfg = compose_cfg(
+        "train.yaml",
+        [
+            "head=whitening",
+            "model.net.projection.in_features=512",
+            "model.net.backbone.name=resnet18",
+            "model.net.backbone.weights=none",
+        ],
+    )
     assert instantiate(cfg.model)(torch.zeros(2, 3, 64, 64)).shape == (2, 512)

@@ -1,6 +1,7 @@
 """P×K sampling and in-batch mining: the sampler's batches, the configured pml miners against
 brute-force selections on hand-made embeddings, the class module's loss, and the config
 errors for miners that do not fit the dataset."""
+
 from __future__ import annotations
 
 import functools
@@ -58,8 +59,9 @@ def test_pk_draw_is_a_function_of_seed_and_epoch():
 
 def test_pk_ranks_get_disjoint_whole_batches_of_one_draw():
     single = PKSampler(LABELS, 2, 3, batches_per_epoch=8, seed=5).batches()
-    ranks = [PKSampler(LABELS, 2, 3, batches_per_epoch=8, seed=5, num_replicas=2, rank=r).batches()
-             for r in (0, 1)]
+    ranks = [
+        PKSampler(LABELS, 2, 3, batches_per_epoch=8, seed=5, num_replicas=2, rank=r).batches() for r in (0, 1)
+    ]
     assert len(ranks[0]) == len(ranks[1]) == 4  # the same number of steps on every rank
     interleaved = [b for pair in zip(*ranks) for b in pair]
     assert all(np.array_equal(a, b) for a, b in zip(interleaved, single))
@@ -105,8 +107,9 @@ def hand_made_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def brute_force(x: torch.Tensor, labels: torch.Tensor, keep) -> set[tuple[int, int, int]]:
     d = ((x[:, None] - x[None]) ** 2).sum(-1).numpy()  # squared Euclidean, as the configs
     n, y = len(x), labels.numpy()
-    triplets = [(a, p, q) for a, p, q in product(range(n), repeat=3)
-                if a != p and y[a] == y[p] and y[q] != y[a]]
+    triplets = [
+        (a, p, q) for a, p, q in product(range(n), repeat=3) if a != p and y[a] == y[p] and y[q] != y[a]
+    ]
     return {t for t in triplets if keep(d, y, *t)}
 
 
@@ -152,9 +155,11 @@ def test_miners_that_do_not_fit_the_dataset_are_refused():
     for option in ("ssim", "current_model", "random", "batch_hard"):
         with pytest.raises(ConfigCompositionException, match=r"Could not override 'mining'"):
             compose_cfg("train.yaml", ["dataset=folder", f"mining={option}"])
-    with pytest.raises(MissingConfigException,
-                       match=r"(?s)Could not find 'mining/batch_hard'.*Available options in 'mining'"
-                             r".*current_model.*random.*ssim"):
+    with pytest.raises(
+        MissingConfigException,
+        match=r"(?s)Could not find 'mining/batch_hard'.*Available options in 'mining'"
+        r".*current_model.*random.*ssim",
+    ):
         compose_cfg("train.yaml", ["mining=batch_hard"])
     for option in ("all", "semi_hard"):
         with pytest.raises(ConfigCompositionException, match=r"Could not override 'batch_miner'"):
@@ -167,11 +172,15 @@ def test_miners_that_do_not_fit_the_dataset_are_refused():
 def test_negative_pool_sources_meet_the_datamodule_contract():
     """Per-epoch sources are told apart by their protocol, not by what they are."""
     assert isinstance(CurrentModelNegatives(), EpochNegativePoolSource)
-    for static in (functools.partial(random_negative_pools), functools.partial(ssim_negative_pools, top_k=5),
-                   instantiate(compose_cfg("train.yaml", ["mining=ssim"]).mining)):
+    for static in (
+        functools.partial(random_negative_pools),
+        functools.partial(ssim_negative_pools, top_k=5),
+        instantiate(compose_cfg("train.yaml", ["mining=ssim"]).mining),
+    ):
         assert not isinstance(static, EpochNegativePoolSource)
-    assert isinstance(instantiate(compose_cfg("train.yaml", ["mining=current_model"]).mining),
-                      EpochNegativePoolSource)
+    assert isinstance(
+        instantiate(compose_cfg("train.yaml", ["mining=current_model"]).mining), EpochNegativePoolSource
+    )
 
 
 # ------------------------------------------------------------------------------ the module
@@ -179,8 +188,7 @@ def module(miner=None, dim: int = 3, **options) -> ClassMetricModule:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(dim, 3))
     loss = nn.TripletMarginWithDistanceLoss(distance_function=squared_euclidean, margin=2.0)
-    return ClassMetricModule(net, loss, functools.partial(torch.optim.Adam, lr=0.05), miner=miner,
-                             **options)
+    return ClassMetricModule(net, loss, functools.partial(torch.optim.Adam, lr=0.05), miner=miner, **options)
 
 
 def test_training_step_applies_the_loss_to_the_mined_triplets():

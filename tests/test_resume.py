@@ -1,4 +1,5 @@
 """A run resumed from its last checkpoint replays the uninterrupted run exactly."""
+
 from __future__ import annotations
 
 import csv
@@ -10,8 +11,13 @@ from tests.conftest import run_script as run
 from tests.conftest import small_run
 
 # augmentations on, so that the RNG of the transforms matters too
-SETTINGS = ["augmentation=reference", "trainer.deterministic=true", "evaluate_before=false",
-            "evaluate_after=false", "dataset.triplets_per_epoch=12"]
+SETTINGS = [
+    "augmentation=reference",
+    "trainer.deterministic=true",
+    "evaluate_before=false",
+    "evaluate_after=false",
+    "dataset.triplets_per_epoch=12",
+]
 
 
 def _train(data: Path, tmp: Path, *overrides: str) -> Path:
@@ -35,8 +41,12 @@ def _epoch_metrics(run_dir: Path, epoch: int) -> dict[str, float]:
 def test_resumed_run_equals_uninterrupted_run(tiny_landmarks, tmp_path):
     full = _train(tiny_landmarks, tmp_path / "full", "trainer.max_epochs=2")
     first = _train(tiny_landmarks, tmp_path / "first", "trainer.max_epochs=1")
-    resumed = _train(tiny_landmarks, tmp_path / "resumed", "trainer.max_epochs=2",
-                     f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    resumed = _train(
+        tiny_landmarks,
+        tmp_path / "resumed",
+        "trainer.max_epochs=2",
+        f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}",
+    )
     expected, got = _epoch_metrics(full, 1), _epoch_metrics(resumed, 1)
     assert {"train/loss_epoch", "val/mAP", "val/loss"} <= expected.keys()
     assert _epoch_metrics(resumed, 0) == {}  # epoch 0 was not trained again
@@ -44,4 +54,5 @@ def test_resumed_run_equals_uninterrupted_run(tiny_landmarks, tmp_path):
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
     # the interrupted run's first epoch was the full run's first epoch
     assert _epoch_metrics(first, 0)["train/loss_epoch"] == pytest.approx(
-        _epoch_metrics(full, 0)["train/loss_epoch"], rel=1e-5)
+        _epoch_metrics(full, 0)["train/loss_epoch"], rel=1e-5
+    )

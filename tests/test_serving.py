@@ -1,4 +1,5 @@
 """Database artifact, search backends and the query CLI, on a tiny generated VGG set."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,13 @@ from PIL import Image
 from retrieval.evaluation.vectors import l2_normalize
 from retrieval.evaluation.whitening import fit_whitening
 from retrieval.pipelines.query import run_query
-from retrieval.serving.database import (FORMAT_VERSION, CheckpointMismatchError, DatabaseArtifact, DatabaseError,
-                                        load_database)
+from retrieval.serving.database import (
+    FORMAT_VERSION,
+    CheckpointMismatchError,
+    DatabaseArtifact,
+    DatabaseError,
+    load_database,
+)
 from retrieval.serving.search import SearchIndex
 from retrieval.serving.searcher import DatabaseSearcher
 from retrieval.utils.errors import UserFacingError
@@ -27,13 +33,20 @@ from tests.test_configs import compose_cfg
 from tests.test_formats import write_vgg
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["dataset=oxford5k", "pooling=gem", "dataset.image_size=64", "dataset.num_workers=0",
-         "model.net.backbone.name=resnet18", "model.net.backbone.weights=none"]
+SMALL = [
+    "dataset=oxford5k",
+    "pooling=gem",
+    "dataset.image_size=64",
+    "dataset.num_workers=0",
+    "model.net.backbone.name=resnet18",
+    "model.net.backbone.weights=none",
+]
 
 
 def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +71,17 @@ def built(data, tmp_path_factory) -> tuple[Path, Path, Path]:
     """(database dir, its checkpoint, the run folder), built through the CLI as a user would."""
     tmp = tmp_path_factory.mktemp("build")
     ckpt = save_checkpoint(tmp / "model.ckpt", seed=0)
-    result = run_module("retrieval.pipelines.database", "build", *SMALL, f"ckpt_path={ckpt}",
-                        f"paths.data_dir={data}", f"paths.log_dir={tmp / 'logs'}",
-                        f"db_dir={tmp / 'db'}", "dtype=float32", cwd=tmp)
+    result = run_module(
+        "retrieval.pipelines.database",
+        "build",
+        *SMALL,
+        f"ckpt_path={ckpt}",
+        f"paths.data_dir={data}",
+        f"paths.log_dir={tmp / 'logs'}",
+        f"db_dir={tmp / 'db'}",
+        "dtype=float32",
+        cwd=tmp,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "database of 11 images" in result.stdout
     return tmp / "db", ckpt, tmp
@@ -71,10 +92,19 @@ def random_artifact(n: int = 40, d: int = 16, whiten: bool = True) -> DatabaseAr
     whitening = fit_whitening(x, dim=8) if whiten else None
     return DatabaseArtifact(
         embeddings=(whitening.apply(x) if whitening else x).astype(np.float16),
-        image_paths=[f"/images/{i}.jpg" for i in range(n)], image_names=[str(i) for i in range(n)],
-        dataset="tiny", image_root="/images", model_config={"_target_": "x", "net": {}}, image_size=64,
-        checkpoint="/ckpt", checkpoint_sha256="ab" * 32, whitening=whitening,
-        whitening_info={"fit_on": "database"}, created_at="now", versions={"numpy": np.__version__})
+        image_paths=[f"/images/{i}.jpg" for i in range(n)],
+        image_names=[str(i) for i in range(n)],
+        dataset="tiny",
+        image_root="/images",
+        model_config={"_target_": "x", "net": {}},
+        image_size=64,
+        checkpoint="/ckpt",
+        checkpoint_sha256="ab" * 32,
+        whitening=whitening,
+        whitening_info={"fit_on": "database"},
+        created_at="now",
+        versions={"numpy": np.__version__},
+    )
 
 
 def test_artifact_round_trips(tmp_path):
@@ -85,8 +115,19 @@ def test_artifact_round_trips(tmp_path):
     assert loaded.embeddings.dtype == np.float16
     np.testing.assert_array_equal(loaded.embeddings, artifact.embeddings)
     np.testing.assert_array_equal(loaded.whitening.projection, artifact.whitening.projection)
-    for name in ("image_paths", "image_names", "dataset", "image_root", "model_config", "image_size",
-                 "checkpoint", "checkpoint_sha256", "whitening_info", "scales", "versions"):
+    for name in (
+        "image_paths",
+        "image_names",
+        "dataset",
+        "image_root",
+        "model_config",
+        "image_size",
+        "checkpoint",
+        "checkpoint_sha256",
+        "whitening_info",
+        "scales",
+        "versions",
+    ):
         assert getattr(loaded, name) == getattr(artifact, name), name
     assert loaded.path == path and loaded.dim == 8
 
@@ -122,15 +163,21 @@ def test_existing_database_or_folder_is_not_replaced_silently(tmp_path):
     assert (tmp_path / "photos" / "holiday.jpg").exists()
 
 
-@pytest.mark.parametrize("breakage,message", [
-    (lambda p: (p / "meta.json").unlink(), "is not a database"),
-    (lambda p: (p / "meta.json").write_text("{"), "not valid JSON"),
-    (lambda p: (p / "meta.json").write_text(json.dumps({"format_version": 99})), "format version 99"),
-    (lambda p: (p / "meta.json").write_text(json.dumps({"format_version": FORMAT_VERSION})), "lacks 'images'"),
-    (lambda p: (p / "embeddings.npy").unlink(), "embeddings.npy is missing"),
-    (lambda p: np.save(p / "embeddings.npy", np.zeros((3, 8), np.float16)), r"shape \(3, 8\)"),
-    (lambda p: (p / "whitening.npz").unlink(), "whitening.npz is missing"),
-])
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        (lambda p: (p / "meta.json").unlink(), "is not a database"),
+        (lambda p: (p / "meta.json").write_text("{"), "not valid JSON"),
+        (lambda p: (p / "meta.json").write_text(json.dumps({"format_version": 99})), "format version 99"),
+        (
+            lambda p: (p / "meta.json").write_text(json.dumps({"format_version": FORMAT_VERSION})),
+            "lacks 'images'",
+        ),
+        (lambda p: (p / "embeddings.npy").unlink(), "embeddings.npy is missing"),
+        (lambda p: np.save(p / "embeddings.npy", np.zeros((3, 8), np.float16)), r"shape \(3, 8\)"),
+        (lambda p: (p / "whitening.npz").unlink(), "whitening.npz is missing"),
+    ],
+)
 def test_broken_database_is_refused_clearly(tmp_path, breakage, message):
     path = random_artifact().write(tmp_path / "db")
     breakage(path)
@@ -170,7 +217,9 @@ def test_other_checkpoint_is_refused(built):
 def test_query_cli_prints_json(built, data, tmp_path):
     db, _, _ = built
     image = data / "oxford5k" / "jpg" / "tower_000002.jpg"
-    result = run_module("retrieval.pipelines.query", f"image={image}", f"db={db}", "k=4", "--json", cwd=tmp_path)
+    result = run_module(
+        "retrieval.pipelines.query", f"image={image}", f"db={db}", "k=4", "--json", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     matches = json.loads(result.stdout)
     assert [m["rank"] for m in matches] == [1, 2, 3, 4]
@@ -178,12 +227,15 @@ def test_query_cli_prints_json(built, data, tmp_path):
     assert list(tmp_path.iterdir()) == []  # a query writes no run folder
 
 
-@pytest.mark.parametrize("image,db,message", [
-    ("missing.jpg", "db", "missing.jpg does not exist"),
-    ("notanimage.jpg", "db", "could not be read as an image"),
-    ("notanimage.jpg", "nodb", "nodb does not exist"),
-    ("???", "db", "image= is required"),
-])
+@pytest.mark.parametrize(
+    "image,db,message",
+    [
+        ("missing.jpg", "db", "missing.jpg does not exist"),
+        ("notanimage.jpg", "db", "could not be read as an image"),
+        ("notanimage.jpg", "nodb", "nodb does not exist"),
+        ("???", "db", "image= is required"),
+    ],
+)
 def test_query_errors_are_clear(built, tmp_path, image, db, message):
     (tmp_path / "notanimage.jpg").write_text("hello")
     overrides = [f"db={built[0] if db == 'db' else tmp_path / db}"]

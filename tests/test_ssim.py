@@ -20,14 +20,10 @@ SHAPES = [(7, 7), (20, 13), (37, 50), (64, 64), (90, 121)]
 
 def reference(query: np.ndarray, many: np.ndarray, data_range: float) -> np.ndarray:
     axis = -1 if query.ndim == 3 else None
-    return np.array(
-        [structural_similarity(query, y, data_range=data_range, channel_axis=axis) for y in many]
-    )
+    return np.array([structural_similarity(query, y, data_range=data_range, channel_axis=axis) for y in many])
 
 
-def image_set(
-    kind: str, shape: tuple[int, ...], rng: np.random.Generator, n: int = 5
-) -> np.ndarray:
+def image_set(kind: str, shape: tuple[int, ...], rng: np.random.Generator, n: int = 5) -> np.ndarray:
     """Random, constant, extreme (flat black/white halves: worst case for cancellation) and
     smooth (natural-like) uint8 images; the first is the query."""
     images = rng.integers(0, 256, (n, *shape)).astype(np.uint8)
@@ -90,9 +86,7 @@ def test_stats_are_reusable_and_sliceable():
     np.testing.assert_allclose(scores[0], expected, rtol=0, atol=TOL)
     np.testing.assert_allclose(scores[1], reference(images[0], images, 255), rtol=0, atol=TOL)
     # stats of a subset, raw images and a different chunking all give the same numbers
-    np.testing.assert_allclose(
-        ssim_one_vs_many(stats[4:5], stats[3:9], 255), expected[3:9], atol=TOL
-    )
+    np.testing.assert_allclose(ssim_one_vs_many(stats[4:5], stats[3:9], 255), expected[3:9], atol=TOL)
     np.testing.assert_allclose(
         ssim_one_vs_many(images[4], images, 255, chunk=1, workers=1), expected, atol=TOL
     )

@@ -34,9 +34,7 @@ def write_images(
     paths, arrays = [], []
     for i in range(n):
         if i % 3 == 2:
-            image = np.clip(
-                arrays[i - 2].astype(int) + rng.integers(-25, 26, arrays[i - 2].shape), 0, 255
-            )
+            image = np.clip(arrays[i - 2].astype(int) + rng.integers(-25, 26, arrays[i - 2].shape), 0, 255)
         else:
             noise = gaussian_filter(rng.normal(128, 70, (size[1], size[0], 3)), (2, 2, 0))
             image = np.clip((noise - 128) * 4 + 128, 0, 255)
@@ -53,16 +51,12 @@ def brute_crop(path: Path) -> np.ndarray:
     return gray[top : top + CROP, left : left + CROP]
 
 
-def brute_force(
-    paths: list[Path], query: QuerySpec, candidates: list[int]
-) -> tuple[np.ndarray, np.ndarray]:
+def brute_force(paths: list[Path], query: QuerySpec, candidates: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """The plain skimage loop over query x candidates, sorted by score (desc) then index."""
     q = brute_crop(query.path)
     excluded = {int(i) for i in query.exclude}
     kept = [i for i in candidates if i not in excluded]
-    scores = np.array(
-        [structural_similarity(q, brute_crop(paths[i]), data_range=255) for i in kept]
-    )
+    scores = np.array([structural_similarity(q, brute_crop(paths[i]), data_range=255) for i in kept])
     order = sorted(range(len(kept)), key=lambda j: (-scores[j], kept[j]))[:TOP_K]
     return np.array([kept[j] for j in order]), scores[order]
 
@@ -96,9 +90,7 @@ def test_top_k_equals_brute_force_skimage_loop(dataset, tmp_path, device):
     pools = mine_ssim_negatives(dataset, queries, tmp_path, **{**PARAMS, "device": device})
     assert list(pools) == [q.name for q in queries]
     assert_matches_brute_force(pools, dataset, queries, list(range(N_IMAGES)))
-    assert (
-        pools["q0"].indices[0] != 0 and 2 not in pools["q0"].indices
-    )  # self and labelled excluded
+    assert pools["q0"].indices[0] != 0 and 2 not in pools["q0"].indices  # self and labelled excluded
 
 
 def test_cache_files_are_readable_and_resume_skips_finished_queries(dataset, tmp_path, monkeypatch):
@@ -121,9 +113,7 @@ def test_cache_files_are_readable_and_resume_skips_finished_queries(dataset, tmp
     done = sorted(p.name for p in run_dirs[0].glob("*.json"))
     assert done == ["index.json", "q0.json", "q4.json"]  # no temporary leftovers
     record = json.loads((run_dirs[0] / "q4.json").read_text())
-    assert (
-        record["names"][0] == dataset[record["indices"][0]].stem and len(record["scores"]) == TOP_K
-    )
+    assert record["names"][0] == dataset[record["indices"][0]].stem and len(record["scores"]) == TOP_K
     assert json.loads((run_dirs[0] / "index.json").read_text())["top_k"] == TOP_K
 
     computed.clear()
@@ -190,9 +180,7 @@ def test_small_image_upscaled_is_a_candidate(dataset, tmp_path):
         show_progress=False,
         device="cpu",
     )
-    upscaled = np.asarray(Image.fromarray(gradient).resize((80, 64), Image.Resampling.BILINEAR))[
-        :, 8:72
-    ]
+    upscaled = np.asarray(Image.fromarray(gradient).resize((80, 64), Image.Resampling.BILINEAR))[:, 8:72]
     q = brute_crop(paths[0])
     pool = pools["q0"]
     assert 3 in pool.indices and len(pool.indices) == N_IMAGES - 2
@@ -223,9 +211,7 @@ def test_negative_pools_for_ground_truth_excludes_labelled_and_query(dataset, tm
     assert not {6, 8, 10, 11} & set(pools[names[6]].indices.tolist())
     assert len(pools[names[6]].indices) == TOP_K
     assert 1 not in pools["outside"].indices
-    assert pools["outside"].indices[0] == 12 and pools["outside"].scores[0] == pytest.approx(
-        1.0, abs=1e-6
-    )
+    assert pools["outside"].indices[0] == 12 and pools["outside"].scores[0] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_crop_cache_decodes_once_and_is_reused(dataset, tmp_path, monkeypatch):
@@ -237,9 +223,7 @@ def test_crop_cache_decodes_once_and_is_reused(dataset, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporaries
 
     calls = []
-    monkeypatch.setattr(
-        crops, "load_crop", lambda path, spec: calls.append(path) or _load_crop(path, spec)
-    )
+    monkeypatch.setattr(crops, "load_crop", lambda path, spec: calls.append(path) or _load_crop(path, spec))
     again = build_crop_cache(dataset, tmp_path, CropSpec(CROP), show_progress=False)
     assert calls == []
     np.testing.assert_array_equal(np.asarray(again.crops), np.asarray(first.crops))

@@ -1,5 +1,6 @@
 """Sweeps as a user runs them: Hydra grid multirun, Optuna TPE with resumable storage, and
 the submitit launcher (local executor: real subprocesses, the SLURM launcher's code path)."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,14 @@ def _job_overrides(job_dir: Path) -> list[str]:
 
 
 def test_grid_multirun_gives_every_job_its_own_wandb_run(tiny_landmarks, tmp_path):
-    result = run_script("train.py", "-m", *tiny_run(tiny_landmarks, tmp_path / "logs", *QUICK),
-                        "model.optimizer.lr=1e-6,5e-6", "model.loss.margin=1,2", cwd=tmp_path)
+    result = run_script(
+        "train.py",
+        "-m",
+        *tiny_run(tiny_landmarks, tmp_path / "logs", *QUICK),
+        "model.optimizer.lr=1e-6,5e-6",
+        "model.loss.margin=1,2",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = _sweep_dir(tmp_path / "logs")
     runs = offline_runs(sweep)
@@ -42,8 +49,10 @@ def test_grid_multirun_gives_every_job_its_own_wandb_run(tiny_landmarks, tmp_pat
         seen.add((lr, margin))
         # its own metrics only: epoch 0 and the best checkpoint, nothing from other jobs
         assert [("val/mAP" in row) for row in run.history].count(True) == 2
-        assert run.summary["val/mAP"] == json.loads((job_dir / "metrics.json").read_text())[
-            "results"]["trained"]["mAP"]
+        assert (
+            run.summary["val/mAP"]
+            == json.loads((job_dir / "metrics.json").read_text())["results"]["trained"]["mAP"]
+        )
         assert run.exit_code == 0 and run.group == f"train-{sweep.name}" and "multirun" in run.tags
         assert run.name.startswith(f"train-oxford5k#{job_dir.name}[")
     assert seen == {(1e-6, 1.0), (1e-6, 2.0), (5e-6, 1.0), (5e-6, 2.0)}
@@ -52,13 +61,15 @@ def test_grid_multirun_gives_every_job_its_own_wandb_run(tiny_landmarks, tmp_pat
 def test_optuna_sweep_reports_best_parameters_and_resumes(tiny_landmarks, tmp_path):
     import optuna
 
-    args = [*tiny_run(tiny_landmarks, tmp_path / "logs", *QUICK), "hparams_search=optuna",
-            "logger=csv"]
+    args = [*tiny_run(tiny_landmarks, tmp_path / "logs", *QUICK), "hparams_search=optuna", "logger=csv"]
     result = run_script("train.py", *args, "hydra.sweeper.n_trials=3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((_sweep_dir(tmp_path / "logs") / "optimization_results.yaml").read_text())
-    assert set(best["best_params"]) == {"model.optimizer.lr", "model.optimizer.weight_decay",
-                                        "model.loss.margin"}
+    assert set(best["best_params"]) == {
+        "model.optimizer.lr",
+        "model.optimizer.weight_decay",
+        "model.loss.margin",
+    }
     assert 0.0 <= best["best_value"] <= 1.0
     assert 1e-6 <= best["best_params"]["model.optimizer.lr"] <= 1e-3
     assert "Best parameters" in result.stdout + result.stderr
@@ -75,9 +86,14 @@ def test_optuna_sweep_reports_best_parameters_and_resumes(tiny_landmarks, tmp_pa
 
 def test_submitit_launcher_runs_jobs_as_subprocesses(tiny_landmarks, tmp_path):
     """hydra/launcher=local: the submitit launcher (the SLURM one's code) with local jobs."""
-    result = run_script("train.py", "-m", "hydra/launcher=local",
-                        *tiny_run(tiny_landmarks, tmp_path / "logs", *QUICK), "model.loss.margin=1,2",
-                        cwd=tmp_path)
+    result = run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=local",
+        *tiny_run(tiny_landmarks, tmp_path / "logs", *QUICK),
+        "model.loss.margin=1,2",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = _sweep_dir(tmp_path / "logs")
     # one submitit job folder each: pickled task, logs and the returned metric

@@ -1,4 +1,5 @@
 """The generated toy dataset: exact Oxford/revisited layout, labels, determinism, caching."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,11 @@ def _names(path: Path) -> list[str]:
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _query(path: Path) -> tuple[str, list[float]]:
@@ -41,8 +45,7 @@ def _query(path: Path) -> tuple[str, list[float]]:
 
 
 def test_layout_is_oxfords(small: Path):
-    assert sorted(p.name for p in small.iterdir()) == ["gnd_toy.pkl", "gt_files", "jpg",
-                                                      "manifest.json"]
+    assert sorted(p.name for p in small.iterdir()) == ["gnd_toy.pkl", "gt_files", "jpg", "manifest.json"]
     images = {p.stem for p in (small / "jpg").iterdir()}
     assert all(p.suffix == ".jpg" for p in (small / "jpg").iterdir())
     assert all(IMAGE_NAME.match(n) for n in images)
@@ -51,8 +54,12 @@ def test_layout_is_oxfords(small: Path):
     assert landmarks == ["astronaut", "cameraman", "chelsea_cat"]
     files = {m.group(0): m for p in (small / "gt_files").iterdir() if (m := GT_FILE.match(p.name))}
     assert len(files) == len(list((small / "gt_files").iterdir()))  # every file matches
-    expected = {f"{lm}_{k}_{kind}.txt" for lm in landmarks for k in range(1, 6)
-                for kind in ("good", "ok", "junk", "query")}
+    expected = {
+        f"{lm}_{k}_{kind}.txt"
+        for lm in landmarks
+        for k in range(1, 6)
+        for kind in ("good", "ok", "junk", "query")
+    }
     assert set(files) == expected  # 5 queries per landmark, 4 files each
     for lm in landmarks:
         for k in range(1, 6):
@@ -94,8 +101,7 @@ def test_pkl_matches_text_files(small: Path):
 
 def test_the_real_readers_load_it_identically_from_text_files_and_pkl(small: Path):
     classic = toy.load_toy_ground_truth(small.parent, progress=False, **SMALL)
-    revisited = toy.load_toy_ground_truth(small.parent, protocol="revisited", progress=False,
-                                          **SMALL)
+    revisited = toy.load_toy_ground_truth(small.parent, protocol="revisited", progress=False, **SMALL)
     assert classic.image_names == revisited.image_names and len(classic.queries) == 15
     by_name = {q.name: q for q in revisited.queries}
     for q in classic.queries:  # 5 queries per landmark, each its own image: names are unique
@@ -162,8 +168,7 @@ def test_crash_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(toy, "_write_ground_truth", crash)
     with pytest.raises(KeyboardInterrupt):
-        toy.ensure_toy_dataset(tmp_path, progress=False, landmarks=1, views_per_landmark=5,
-                               distractors=0)
+        toy.ensure_toy_dataset(tmp_path, progress=False, landmarks=1, views_per_landmark=5, distractors=0)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -176,8 +181,9 @@ def test_missing_bundled_photos_are_skipped_for_procedural_scenes(tmp_path: Path
     monkeypatch.setattr(toy, "_PKG_DATA", data)
     toy._library.cache_clear()
     try:
-        path = toy.ensure_toy_dataset(tmp_path / "out", progress=False, landmarks=3,
-                                      views_per_landmark=5, distractors=4)
+        path = toy.ensure_toy_dataset(
+            tmp_path / "out", progress=False, landmarks=3, views_per_landmark=5, distractors=4
+        )
     finally:
         toy._library.cache_clear()
     landmarks = json.loads((path / "manifest.json").read_text())["landmarks"]
@@ -186,10 +192,17 @@ def test_missing_bundled_photos_are_skipped_for_procedural_scenes(tmp_path: Path
 
 
 def test_the_download_command_generates_it_with_toy_parameters_as_overrides(tmp_path: Path):
-    result = run("-m", "retrieval.pipelines.download", "dataset=toy", f"paths.data_dir={tmp_path}",
-                 "dataset.ground_truth.seed=3", "+dataset.ground_truth.landmarks=1",
-                 "+dataset.ground_truth.views_per_landmark=6", "+dataset.ground_truth.distractors=2",
-                 cwd=tmp_path)
+    result = run(
+        "-m",
+        "retrieval.pipelines.download",
+        "dataset=toy",
+        f"paths.data_dir={tmp_path}",
+        "dataset.ground_truth.seed=3",
+        "+dataset.ground_truth.landmarks=1",
+        "+dataset.ground_truth.views_per_landmark=6",
+        "+dataset.ground_truth.distractors=2",
+        cwd=tmp_path,
+    )
     assert f"toy: ready in {tmp_path / 'toy'}" in result.stdout
     assert len(list((tmp_path / "toy" / "jpg").iterdir())) == 8
     manifest = json.loads((tmp_path / "toy" / "manifest.json").read_text())

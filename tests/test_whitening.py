@@ -1,4 +1,5 @@
 """PCA whitening: identity covariance, determinism, storage round trip, dim clipping."""
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,11 @@ def test_shrinkage_follows_the_documented_formula():
     plain, shrunk = fit_whitening(x, dim=8), fit_whitening(x, dim=8, shrinkage=0.5)
     variances = 1.0 / np.linalg.norm(plain.projection, axis=0) ** 2  # projection columns: v / sqrt(l)
     expected = np.sqrt(variances / (variances + 0.5 * variances.mean()))
-    np.testing.assert_allclose(np.linalg.norm(shrunk.projection, axis=0)
-                               / np.linalg.norm(plain.projection, axis=0), expected, rtol=1e-4)
+    np.testing.assert_allclose(
+        np.linalg.norm(shrunk.projection, axis=0) / np.linalg.norm(plain.projection, axis=0),
+        expected,
+        rtol=1e-4,
+    )
     # the covariance of shrunk-whitened vectors is l / (l + s mean(l)) per axis: below one
     assert np.all(np.diag(np.cov(shrunk.transform(x), rowvar=False)) < 1.0)
 

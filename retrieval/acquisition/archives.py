@@ -6,6 +6,7 @@ whole extraction; because :func:`safe_extract` writes into a fresh scratch folde
 caller moves into place only afterwards, a refused archive leaves nothing in the dataset
 folder and nothing anywhere else.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -41,8 +42,9 @@ def file_digests(path: Path, algorithms: tuple[str, ...] = ("sha256", "md5")) ->
     return {name: hasher.hexdigest() for name, hasher in hashers.items()}
 
 
-def verify_file(path: Path, *, size: int | None = None, checksums: Mapping[str, str] | None = None,
-                hint: str = "") -> dict[str, str]:
+def verify_file(
+    path: Path, *, size: int | None = None, checksums: Mapping[str, str] | None = None, hint: str = ""
+) -> dict[str, str]:
     """Check ``path`` against an expected size and checksums (``{"sha256": hex, ...}``).
 
     Returns the file's sha256 and md5. On a mismatch the file is deleted (it is useless and
@@ -119,15 +121,19 @@ def safe_extract(archive: Path, dest: Path) -> int:
         with tarfile.open(archive, "r:*") as tar:
             tar.extractall(dest, members=_checked_members(tar), **filter_kwargs)
     except DatasetError as error:
-        raise DatasetError(f"{archive.name} holds an unsafe {error}; refusing to extract it. "
-                           f"A genuine dataset archive never does this: the file is tampered "
-                           f"with or not what the server should have sent.") from None
+        raise DatasetError(
+            f"{archive.name} holds an unsafe {error}; refusing to extract it. "
+            f"A genuine dataset archive never does this: the file is tampered "
+            f"with or not what the server should have sent."
+        ) from None
     except tarfile.FilterError as error:  # only reachable if our own check missed a case
-        raise DatasetError(f"{archive.name} holds an unsafe member ({error}); refusing to "
-                           f"extract it.") from None
+        raise DatasetError(
+            f"{archive.name} holds an unsafe member ({error}); refusing to extract it."
+        ) from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise DatasetError(f"{archive.name} is not a readable tar archive ({error}); it is "
-                           f"truncated or corrupt.") from None
+        raise DatasetError(
+            f"{archive.name} is not a readable tar archive ({error}); it is truncated or corrupt."
+        ) from None
     except OSError as error:
         raise DatasetError(f"extracting {archive.name} into {dest} failed: {error}") from None
     return sum(1 for p in dest.rglob("*") if p.is_file())
@@ -157,8 +163,10 @@ def flatten_files(src: Path, dest: Path) -> int:
     files = sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink())
     clashes = sorted(n for n, k in Counter(p.name for p in files).items() if k > 1)
     if clashes:
-        raise DatasetError(f"the archive holds several files named {clashes[:3]} in different "
-                           f"folders, so they cannot all go into {dest}")
+        raise DatasetError(
+            f"the archive holds several files named {clashes[:3]} in different "
+            f"folders, so they cannot all go into {dest}"
+        )
     for path in files:
         os.replace(path, dest / path.name)
     return len(files)
@@ -178,8 +186,10 @@ class Manifest:
         except FileNotFoundError:
             self.files = {}
         except (ValueError, KeyError, TypeError) as error:
-            raise DatasetError(f"{self.path} is unreadable ({error}); delete it and run again "
-                               f"(files are then re-verified or re-downloaded)") from None
+            raise DatasetError(
+                f"{self.path} is unreadable ({error}); delete it and run again "
+                f"(files are then re-verified or re-downloaded)"
+            ) from None
 
     def save(self) -> None:
         write_atomic(self.path, json.dumps({"files": self.files}, indent=2, sort_keys=True))

@@ -14,6 +14,7 @@ where the publisher gives no checksum; it also makes a re-run with everything in
 no-op. The revisited sets reuse an already unpacked classic set's images (``jpg`` becomes a
 symlink) instead of downloading 2-4.5 GB again.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,11 +72,13 @@ class DownloadReport:
 
 def _manual_help(spec: DatasetSpec, folder: Path) -> str:
     urls = "\n".join(f"  {f.urls[0]}" for f in spec.files)
-    return (f"To install it by hand, fetch these on a machine with internet access:\n{urls}\n"
-            f"copy them into {folder / ARCHIVES}/ and run this command again: it verifies and "
-            f"unpacks files it finds there without downloading. (Or unpack them yourself: images "
-            f"under {folder / IMAGES}/, ground-truth .txt files directly in {folder / GROUND_TRUTH}/, "
-            f"gnd_*.pkl in {folder}/.)")
+    return (
+        f"To install it by hand, fetch these on a machine with internet access:\n{urls}\n"
+        f"copy them into {folder / ARCHIVES}/ and run this command again: it verifies and "
+        f"unpacks files it finds there without downloading. (Or unpack them yourself: images "
+        f"under {folder / IMAGES}/, ground-truth .txt files directly in {folder / GROUND_TRUTH}/, "
+        f"gnd_*.pkl in {folder}/.)"
+    )
 
 
 def _forget_missing(manifest: Manifest, folder: Path) -> None:
@@ -86,7 +89,8 @@ def _forget_missing(manifest: Manifest, folder: Path) -> None:
     for record in manifest.files.values():
         place = record.get("placed")
         if place in (IMAGES, GROUND_TRUTH) and not (
-                (folder / place).is_dir() and any((folder / place).iterdir())):
+            (folder / place).is_dir() and any((folder / place).iterdir())
+        ):
             del record["placed"]
 
 
@@ -100,9 +104,13 @@ def _in_place(remote: RemoteFile, folder: Path, manifest: Manifest) -> bool:
     if not target.is_file():
         return False
     # small files kept as they are get re-checked on every run: a changed gnd pkl is caught
-    verify_file(target, size=record["size"], checksums={"sha256": record["sha256"]},
-                hint=f"Its sha256 was recorded in {manifest.path} when it was downloaded; run "
-                     f"the command again to download it afresh.")
+    verify_file(
+        target,
+        size=record["size"],
+        checksums={"sha256": record["sha256"]},
+        hint=f"Its sha256 was recorded in {manifest.path} when it was downloaded; run "
+        f"the command again to download it afresh.",
+    )
     return True
 
 
@@ -114,8 +122,12 @@ def _share_images(spec: DatasetSpec, folder: Path, manifest: Manifest, table: di
     image_files = [f.name for f in table[spec.shares_images_with].files if f.place == IMAGES]
     source_records = Manifest(source).files if source.is_dir() else {}
     link = folder / IMAGES
-    if (link.exists() or link.is_symlink() or not (source / IMAGES).is_dir()
-            or not all(source_records.get(n, {}).get("placed") for n in image_files)):
+    if (
+        link.exists()
+        or link.is_symlink()
+        or not (source / IMAGES).is_dir()
+        or not all(source_records.get(n, {}).get("placed") for n in image_files)
+    ):
         return False
     try:
         link.symlink_to(Path("..") / spec.shares_images_with / IMAGES, target_is_directory=True)
@@ -127,9 +139,16 @@ def _share_images(spec: DatasetSpec, folder: Path, manifest: Manifest, table: di
     return True
 
 
-def _obtain(remote: RemoteFile, urls: tuple[str, ...], folder: Path, manifest: Manifest,
-            ignore_pinned: bool, options: FetchOptions, progress: Progress,
-            report: DownloadReport) -> Path:
+def _obtain(
+    remote: RemoteFile,
+    urls: tuple[str, ...],
+    folder: Path,
+    manifest: Manifest,
+    ignore_pinned: bool,
+    options: FetchOptions,
+    progress: Progress,
+    report: DownloadReport,
+) -> Path:
     """Download ``remote`` into archives/ (unless already there) and verify it."""
     path = folder / ARCHIVES / remote.name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,13 +158,18 @@ def _obtain(remote: RemoteFile, urls: tuple[str, ...], folder: Path, manifest: M
         url = fetch_first(urls, path, expected_size=size, options=options, progress=progress)
         record = manifest.files[remote.name] = {**record, "url": url}
         report.downloaded.append(remote.name)
-    digests = verify_file(path, size=size, checksums={} if ignore_pinned else remote.pinned_checksums(),
-                          hint=PINNED_HINT)
+    digests = verify_file(
+        path, size=size, checksums={} if ignore_pinned else remote.pinned_checksums(), hint=PINNED_HINT
+    )
     if "sha256" in record:  # trust on first use: it must still be the file first downloaded
-        digests = verify_file(path, size=record["size"], checksums={"sha256": record["sha256"]},
-                              hint=f"The expected sha256 was recorded in {manifest.path} at the "
-                                   f"first download; if the publisher changed the file, delete "
-                                   f"that manifest and run again.")
+        digests = verify_file(
+            path,
+            size=record["size"],
+            checksums={"sha256": record["sha256"]},
+            hint=f"The expected sha256 was recorded in {manifest.path} at the "
+            f"first download; if the publisher changed the file, delete "
+            f"that manifest and run again.",
+        )
     manifest.files[remote.name] = {**record, "size": path.stat().st_size, **digests}
     manifest.save()
     return path
@@ -171,10 +195,17 @@ def _place(remote: RemoteFile, path: Path, folder: Path, manifest: Manifest) -> 
     return count
 
 
-def download_dataset(name: str, root: str | Path = "data", *, mirror: str | None = None,
-                     keep_archives: bool = False, ignore_pinned: bool = False,
-                     options: FetchOptions | None = None, console: Console | None = None,
-                     table: dict[str, DatasetSpec] = DATASETS) -> DownloadReport:
+def download_dataset(
+    name: str,
+    root: str | Path = "data",
+    *,
+    mirror: str | None = None,
+    keep_archives: bool = False,
+    ignore_pinned: bool = False,
+    options: FetchOptions | None = None,
+    console: Console | None = None,
+    table: dict[str, DatasetSpec] = DATASETS,
+) -> DownloadReport:
     """Make ``<root>/<name>`` complete; download only what is missing. See the module doc.
 
     ``mirror`` replaces every official URL by ``<mirror>/<file name>``.
@@ -187,22 +218,33 @@ def download_dataset(name: str, root: str | Path = "data", *, mirror: str | None
     folder.mkdir(parents=True, exist_ok=True)
     manifest, report = Manifest(folder), DownloadReport(name, folder)
     _forget_missing(manifest, folder)
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, disable=options.quiet) as progress:
         for remote in spec.files:
             if _in_place(remote, folder, manifest) or (
-                    remote.place == IMAGES and _share_images(spec, folder, manifest, table)):
+                remote.place == IMAGES and _share_images(spec, folder, manifest, table)
+            ):
                 report.in_place.append(remote.name)
                 continue
             urls = (f"{mirror.rstrip('/')}/{remote.name}",) if mirror else remote.urls
             try:
                 path = _obtain(remote, urls, folder, manifest, ignore_pinned, options, progress, report)
             except DownloadFailed as error:
-                why = ("no server could be reached, so downloading is impossible from here"
-                       if error.unreachable else "the server did not deliver it")
-                raise DatasetError(f"cannot download {remote.name} for {name}: {why} ({error}).\n"
-                                   f"{_manual_help(spec, folder)}") from None
+                why = (
+                    "no server could be reached, so downloading is impossible from here"
+                    if error.unreachable
+                    else "the server did not deliver it"
+                )
+                raise DatasetError(
+                    f"cannot download {remote.name} for {name}: {why} ({error}).\n"
+                    f"{_manual_help(spec, folder)}"
+                ) from None
             console.print(f"{name}: unpacking {remote.name} ...")
             manifest.files[remote.name]["files"] = _place(remote, path, folder, manifest)
             manifest.files[remote.name]["placed"] = remote.place
@@ -219,15 +261,24 @@ def download_dataset(name: str, root: str | Path = "data", *, mirror: str | None
 
 def _print_summary(report: DownloadReport, console: Console, root: str | Path) -> None:
     if not report.downloaded and not report.extracted:
-        console.print(f"{report.dataset}: already complete in {report.folder}; nothing downloaded "
-                      f"or extracted.")
+        console.print(
+            f"{report.dataset}: already complete in {report.folder}; nothing downloaded or extracted."
+        )
         return
     if report.image_count is not None:
-        console.print(f"{report.dataset}: {report.image_count} images, {len(report.unreadable)} "
-                      f"unreadable" + (" (kept: the loader skips them with a warning): "
-                                       + ", ".join(p.name for p in report.unreadable[:5])
-                                       + (" ..." if len(report.unreadable) > 5 else "")
-                                       if report.unreadable else "."))
-    console.print(f"{report.dataset}: ready in {report.folder} (downloaded "
-                  f"{len(report.downloaded)}, unpacked {len(report.extracted)} file(s)). Use it "
-                  f"with dataset={report.dataset} paths.data_dir={root}")
+        console.print(
+            f"{report.dataset}: {report.image_count} images, {len(report.unreadable)} "
+            f"unreadable"
+            + (
+                " (kept: the loader skips them with a warning): "
+                + ", ".join(p.name for p in report.unreadable[:5])
+                + (" ..." if len(report.unreadable) > 5 else "")
+                if report.unreadable
+                else "."
+            )
+        )
+    console.print(
+        f"{report.dataset}: ready in {report.folder} (downloaded "
+        f"{len(report.downloaded)}, unpacked {len(report.extracted)} file(s)). Use it "
+        f"with dataset={report.dataset} paths.data_dir={root}"
+    )

@@ -2,6 +2,7 @@
 server ignores Range), retried with exponential backoff, reported to a Rich progress bar.
 urllib is enough for that, so there is no extra HTTP dependency.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -76,8 +77,9 @@ def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
         raise _Transient(f"cannot connect ({getattr(error, 'reason', error)})", connected=False) from None
 
 
-def _attempt(url: str, part: Path, expected_size: int | None, options: FetchOptions,
-             update: Callable[..., None]) -> None:
+def _attempt(
+    url: str, part: Path, expected_size: int | None, options: FetchOptions, update: Callable[..., None]
+) -> None:
     """One HTTP request continuing ``part`` from its current size; raises _Transient."""
     offset = part.stat().st_size if part.exists() else 0
     if expected_size is not None and offset > expected_size:
@@ -103,8 +105,10 @@ def _attempt(url: str, part: Path, expected_size: int | None, options: FetchOpti
         if None not in (expected_size, total) and total != expected_size:
             part.unlink(missing_ok=True)
             name = part.name.removesuffix(".part")
-            raise DatasetError(f"{url} announces {total} bytes, but {name} must be {expected_size} "
-                               f"bytes; nothing was downloaded. {options.size_hint}".rstrip())
+            raise DatasetError(
+                f"{url} announces {total} bytes, but {name} must be {expected_size} "
+                f"bytes; nothing was downloaded. {options.size_hint}".rstrip()
+            )
         update(total=total, completed=offset if resumed else 0)
         try:
             with part.open("ab" if resumed else "wb") as out:
@@ -119,8 +123,14 @@ def _attempt(url: str, part: Path, expected_size: int | None, options: FetchOpti
         raise _Transient(f"connection closed after {got} of {total} bytes", connected=True)
 
 
-def fetch(url: str, dest: Path, *, expected_size: int | None = None,
-          options: FetchOptions = FetchOptions(), progress: Progress | None = None) -> None:
+def fetch(
+    url: str,
+    dest: Path,
+    *,
+    expected_size: int | None = None,
+    options: FetchOptions = FetchOptions(),
+    progress: Progress | None = None,
+) -> None:
     """Download ``url`` to ``dest`` through ``dest.part``, resuming it with HTTP Range.
 
     Retries transient failures with exponential backoff; a server that ignores Range makes
@@ -129,7 +139,10 @@ def fetch(url: str, dest: Path, *, expected_size: int | None = None,
     part = dest.with_name(dest.name + ".part")
     progress = progress or Progress(disable=True)
     task = progress.add_task(dest.name, total=expected_size)
-    update: Callable[..., None] = lambda **kw: progress.update(task, **kw)
+
+    def update(**kw) -> None:
+        progress.update(task, **kw)
+
     connected, attempts = False, 0
     while True:
         try:
@@ -143,8 +156,9 @@ def fetch(url: str, dest: Path, *, expected_size: int | None = None,
             never_connected = not (connected or error.connected)
             connected = not never_connected
             if error.final or never_connected or attempts > options.retries:
-                raise DownloadFailed(f"{url}: {error} (gave up after {attempts} attempt(s))",
-                                     unreachable=not connected) from None
+                raise DownloadFailed(
+                    f"{url}: {error} (gave up after {attempts} attempt(s))", unreachable=not connected
+                ) from None
         time.sleep(options.backoff_s * 2 ** (attempts - 1))
 
 

@@ -10,6 +10,7 @@ and sometimes grey. Deterministic from the seed; 10 classes × 20 images take ab
 
     retrieval-download dataset=toy_classes          # into data/toy_classes
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,18 +24,35 @@ from retrieval.data.class_formats import read_class_folders
 from retrieval.data.class_ground_truth import ClassGroundTruth
 
 # photographs with texture and colour enough to tell apart, in the order classes are taken
-PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "coins.png",
-          "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png", "retina.jpg", "rocket.jpg",
-          "moon.png", "horse.png", "page.png", "brick.png", "grass.png", "gravel.png",
-          "clock_motion.png", "microaneurysms.png", "color.png", "text.png")
+PHOTOS = (
+    "astronaut.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "motorcycle_left.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "moon.png",
+    "horse.png",
+    "page.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "clock_motion.png",
+    "microaneurysms.png",
+    "color.png",
+    "text.png",
+)
 
 
 def _view(rng: np.random.Generator, photo: Image.Image, size: int) -> Image.Image:
     side = min(photo.size)
     crop = int(side * rng.uniform(1 / 3, 2 / 3))
     x, y = (int(rng.integers(0, dim - crop + 1)) for dim in photo.size)
-    view = photo.crop((x, y, x + crop, y + crop)).rotate(float(rng.uniform(-20, 20)),
-                                                           resample=Image.BILINEAR)
+    view = photo.crop((x, y, x + crop, y + crop)).rotate(float(rng.uniform(-20, 20)), resample=Image.BILINEAR)
     if rng.random() < 0.5:
         view = ImageOps.mirror(view)
     view = ImageEnhance.Brightness(view).enhance(rng.uniform(0.6, 1.4))
@@ -45,8 +63,14 @@ def _view(rng: np.random.Generator, photo: Image.Image, size: int) -> Image.Imag
     return view.resize((size, size), Image.BILINEAR)
 
 
-def write_toy_classes(root: str | Path, n_classes: int = 10, per_class: int = 20, size: int = 64,
-                      val_fraction: float = 0.25, seed: int = 0) -> Path:
+def write_toy_classes(
+    root: str | Path,
+    n_classes: int = 10,
+    per_class: int = 20,
+    size: int = 64,
+    val_fraction: float = 0.25,
+    seed: int = 0,
+) -> Path:
     """Write the set under ``root`` (existing files of the same names are replaced)."""
     if not 2 <= n_classes <= len(PHOTOS):
         raise ValueError(f"n_classes must be in 2..{len(PHOTOS)} (one per bundled photograph)")

@@ -6,6 +6,7 @@ evaluation code recognises this type (see :mod:`retrieval.evaluation.protocols`)
 one set of embeddings as both queries and database. It implements
 :class:`~retrieval.data.truth.GroundTruth`: query i is database image i.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -55,8 +56,11 @@ class ClassGroundTruth:
 
     def __post_init__(self) -> None:
         n = len(self.image_paths)
-        if len(self.image_names) != n or len(self.labels) != n or (
-                self.split is not None and len(self.split) != n):
+        if (
+            len(self.image_names) != n
+            or len(self.labels) != n
+            or (self.split is not None and len(self.split) != n)
+        ):
             raise ValueError("image_names, image_paths, labels and split differ in length")
 
     def __len__(self) -> int:
@@ -65,12 +69,14 @@ class ClassGroundTruth:
     @property
     def queries(self) -> list[ClassItem]:
         """Every image is a query (leave-one-out); built on demand, it is cheap."""
-        return [ClassItem(n, p, self.class_names[c])
-                for n, p, c in zip(self.image_names, self.image_paths, self.labels.tolist())]
+        return [
+            ClassItem(n, p, self.class_names[c])
+            for n, p, c in zip(self.image_names, self.image_paths, self.labels.tolist())
+        ]
 
     # --- GroundTruth (retrieval.data.truth) ---------------------------------------------
     def relevance(self, query: int, database: Sequence[int]) -> list[str]:
-        """"same" for an image of the query's class, else wrong."""
+        """ "same" for an image of the query's class, else wrong."""
         own = self.labels[query]
         return [SAME if self.labels[int(i)] == own else WRONG for i in database]
 
@@ -94,7 +100,11 @@ class ClassGroundTruth:
         keep = np.sort(np.asarray(keep, dtype=np.int64))
         pick = keep.tolist()
         return ClassGroundTruth(
-            name or self.name, [self.image_names[i] for i in pick],
-            [self.image_paths[i] for i in pick], self.labels[keep], self.class_names,
+            name or self.name,
+            [self.image_names[i] for i in pick],
+            [self.image_paths[i] for i in pick],
+            self.labels[keep],
+            self.class_names,
             None if self.split is None else [self.split[i] for i in pick],
-            [self.sources[i] for i in pick] if self.sources else [])
+            [self.sources[i] for i in pick] if self.sources else [],
+        )

@@ -6,6 +6,7 @@ training and evaluation never look at file formats. Indices always point into
 ``image_names`` / ``image_paths`` (the database). It implements
 :class:`~retrieval.data.truth.GroundTruth`, through which results are drawn and served.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -61,8 +62,13 @@ class Query:
         """The label of every database image tied to this query. Labels should not overlap;
         where they do, the stronger one wins: good > easy > ok > hard > junk."""
         lookup: dict[int, str] = {}
-        for name, indices in (("junk", self.junk), ("hard", self.hard), ("ok", self.ok),
-                              ("easy", self.easy), ("good", self.good)):
+        for name, indices in (
+            ("junk", self.junk),
+            ("hard", self.hard),
+            ("ok", self.ok),
+            ("easy", self.easy),
+            ("good", self.good),
+        ):
             lookup.update(dict.fromkeys(np.asarray(indices).ravel().tolist(), name))
         return lookup
 
@@ -126,6 +132,10 @@ class RetrievalGroundTruth:
 
     def subset_queries(self, keep: list[int]) -> RetrievalGroundTruth:
         return RetrievalGroundTruth(
-            self.name, self.image_names, self.image_paths,
-            [self.queries[i] for i in keep], self.protocol, self.skipped,
+            self.name,
+            self.image_names,
+            self.image_paths,
+            [self.queries[i] for i in keep],
+            self.protocol,
+            self.skipped,
         )

@@ -1,5 +1,6 @@
 """Decoding images into RGB, the one way every part of the framework reads pixels, and the
 integrity check that keeps unreadable files out of a dataset."""
+
 from __future__ import annotations
 
 import warnings

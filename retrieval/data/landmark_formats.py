@@ -8,6 +8,7 @@
 Both return a :class:`RetrievalGroundTruth`; every problem with the files raises a
 :class:`DatasetError` whose message names the file (and line) and says how to fix it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,12 @@ def skip_unreadable(index: dict[str, Path], where: Path) -> dict[str, str]:
     interrupted extraction leaves truncated ones) with one warning naming them; returns
     name -> reason for the skipped ones."""
     problems = {}
-    for name, path in track(list(index.items()), description=f"checking images in {where.name}",
-                            disable=len(index) < 2000, transient=True):
+    for name, path in track(
+        list(index.items()),
+        description=f"checking images in {where.name}",
+        disable=len(index) < 2000,
+        transient=True,
+    ):
         if (problem := image_problem(path)) is not None:
             problems[name] = problem
     for name in problems:
@@ -99,7 +104,7 @@ def parse_query_line(path: Path) -> tuple[str, tuple[float, float, float, float]
         ) from None
     name = parts[0]
     if name.startswith(_OXFORD_PREFIX):
-        name = name[len(_OXFORD_PREFIX):]
+        name = name[len(_OXFORD_PREFIX) :]
     return name, (x1, y1, x2, y2)
 
 
@@ -125,11 +130,14 @@ def load_classic_ground_truth(
         stem = query_file.name[: -len("_query.txt")]
         query_name, bbox = parse_query_line(query_file)
         if query_name in skipped:
-            raise DatasetError(f"{query_file}:1 names query image '{query_name}', which is unreadable "
-                               f"({skipped[query_name]}); re-download the dataset")
+            raise DatasetError(
+                f"{query_file}:1 names query image '{query_name}', which is unreadable "
+                f"({skipped[query_name]}); re-download the dataset"
+            )
         if query_name not in images:
-            raise DatasetError(f"{query_file}:1 names query image '{query_name}', which is not in "
-                               f"{root / images_dir}")
+            raise DatasetError(
+                f"{query_file}:1 names query image '{query_name}', which is not in {root / images_dir}"
+            )
         labels = {}
         for label in ("good", "ok", "junk"):
             label_file = gt_path / f"{stem}_{label}.txt"
@@ -140,8 +148,9 @@ def load_classic_ground_truth(
             )
         if labels["good"].size + labels["ok"].size == 0:
             raise DatasetError(f"query {stem}: both {stem}_good.txt and {stem}_ok.txt are empty")
-        queries.append(Query(name=query_name, landmark=match["landmark"], path=images[query_name],
-                             bbox=bbox, **labels))
+        queries.append(
+            Query(name=query_name, landmark=match["landmark"], path=images[query_name], bbox=bbox, **labels)
+        )
     return RetrievalGroundTruth(name, image_names, [images[n] for n in image_names], queries, "classic")
 
 
@@ -158,23 +167,29 @@ def load_revisited_ground_truth(
             gnd_file = pickle.load(f)
         imlist, qimlist, gnd = gnd_file["imlist"], gnd_file["qimlist"], gnd_file["gnd"]
     except Exception as error:  # corrupt pickle, wrong keys, truncated file...
-        raise DatasetError(f"{pkl_path} is not a revisited ground-truth pickle "
-                           f"(dict with imlist, qimlist, gnd): {error!r}") from None
+        raise DatasetError(
+            f"{pkl_path} is not a revisited ground-truth pickle (dict with imlist, qimlist, gnd): {error!r}"
+        ) from None
     if len(gnd) != len(qimlist):
         raise DatasetError(f"{pkl_path}: {len(qimlist)} query names but {len(gnd)} gnd entries")
     images, skipped = index_images(root / images_dir)
     unreadable = [f"{n} ({skipped[n]})" for n in list(imlist) + list(qimlist) if n in skipped]
     if unreadable:  # the revisited lists index images by position: none may go missing
-        raise DatasetError(f"{pkl_path} lists {len(unreadable)} unreadable images, e.g. "
-                           f"{unreadable[:3]}; re-download {root / images_dir}")
+        raise DatasetError(
+            f"{pkl_path} lists {len(unreadable)} unreadable images, e.g. "
+            f"{unreadable[:3]}; re-download {root / images_dir}"
+        )
     missing = [n for n in list(imlist) + list(qimlist) if n not in images]
     if missing:
-        raise DatasetError(f"{pkl_path} names {len(missing)} images not in {root / images_dir}, "
-                           f"e.g. {missing[:3]}")
+        raise DatasetError(
+            f"{pkl_path} names {len(missing)} images not in {root / images_dir}, e.g. {missing[:3]}"
+        )
     queries = []
     for q_name, entry in zip(qimlist, gnd):
-        labels = {k: np.asarray(sorted(np.asarray(entry.get(k, []), dtype=np.int64).ravel()), dtype=np.int64)
-                  for k in ("easy", "hard", "junk")}
+        labels = {
+            k: np.asarray(sorted(np.asarray(entry.get(k, []), dtype=np.int64).ravel()), dtype=np.int64)
+            for k in ("easy", "hard", "junk")
+        }
         bbx = entry.get("bbx")
         bbox: BBox | None = None
         if bbx is not None and len(bbx) == 4:

@@ -5,6 +5,7 @@ samplers`) for in-batch mining; validation yields one loader, the evaluation gal
 ``(image, index)``: every gallery image is a query against all the others (leave-one-out),
 so the evaluation callback embeds it once and uses it as queries and database alike.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from retrieval.data.class_ground_truth import ClassGroundTruth
-from retrieval.datamodules.image_datasets import ImageListDataset, Transform
 from retrieval.data.image_io import load_rgb
+from retrieval.datamodules.image_datasets import ImageListDataset, Transform
 from retrieval.datamodules.landmark_datamodule import VAL_QUERIES
 from retrieval.datamodules.samplers import PKSampler
 from retrieval.datamodules.transforms import eval_transform, train_transform
@@ -44,8 +45,9 @@ class LabelledImageDataset(Dataset):
         return self.transform(load_rgb(self.paths[index])), int(self.labels[index])
 
 
-def split_items(gt: ClassGroundTruth, val_fraction: float, split_by: str, seed: int
-                ) -> tuple[np.ndarray, np.ndarray]:
+def split_items(
+    gt: ClassGroundTruth, val_fraction: float, split_by: str, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices of a set without a split column, seeded.
 
     ``image``: a ``val_fraction`` of each class's images (every class keeps 2 for training;
@@ -103,9 +105,15 @@ class ClassDataModule(L.LightningDataModule):
         self.classes_per_batch, self.images_per_class = classes_per_batch, images_per_class
         self.batches_per_epoch = batches_per_epoch
         # a mapping name -> transform (overridable by name), applied in order (as landmarks)
-        self.augmentations = list(augmentations.values() if isinstance(augmentations, Mapping)
-                                  else augmentations)
-        self.val_fraction, self.split_by, self.eval_split, self.seed = val_fraction, split_by, eval_split, seed
+        self.augmentations = list(
+            augmentations.values() if isinstance(augmentations, Mapping) else augmentations
+        )
+        self.val_fraction, self.split_by, self.eval_split, self.seed = (
+            val_fraction,
+            split_by,
+            eval_split,
+            seed,
+        )
         self.all_items: ClassGroundTruth | None = None
         self.train_gt: ClassGroundTruth | None = None
         self.eval_gt: ClassGroundTruth | None = None
@@ -129,13 +137,22 @@ class ClassDataModule(L.LightningDataModule):
         self.eval_gt = items.subset(val if len(val) else train, f"{self.name}/{self.eval_split}")
         self._evaluates_on_training = len(val) == 0
         if not (self.eval_gt.class_sizes() >= 2).any():
-            raise DatasetError(f"{self.source}: no class has 2 images among the {len(self.eval_gt)} "
-                               f"evaluation images, so no query has a positive to find; hold out "
-                               f"more (dataset.val_fraction) or fix the split column")
-        log.info("%s: %d images in %d classes; %d train / %d evaluation images (%s)", self.name,
-                 len(items), len(items.class_names), len(train), len(self.eval_gt),
-                 "split column" if items.split is not None
-                 else f"{self.val_fraction:.0%} held out by {self.split_by}")
+            raise DatasetError(
+                f"{self.source}: no class has 2 images among the {len(self.eval_gt)} "
+                f"evaluation images, so no query has a positive to find; hold out "
+                f"more (dataset.val_fraction) or fix the split column"
+            )
+        log.info(
+            "%s: %d images in %d classes; %d train / %d evaluation images (%s)",
+            self.name,
+            len(items),
+            len(items.class_names),
+            len(train),
+            len(self.eval_gt),
+            "split column"
+            if items.split is not None
+            else f"{self.val_fraction:.0%} held out by {self.split_by}",
+        )
 
     def _split(self, items: ClassGroundTruth) -> tuple[np.ndarray, np.ndarray]:
         if items.split is None:
@@ -144,9 +161,11 @@ class ClassDataModule(L.LightningDataModule):
         train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == self.eval_split)
         if not len(val):
             counts = dict(zip(*np.unique(split, return_counts=True)))
-            raise DatasetError(f"{self.source}: no rows have split '{self.eval_split}' (the split "
-                               f"column holds {counts}); choose the evaluation split with "
-                               f"dataset.eval_split=val|test|train")
+            raise DatasetError(
+                f"{self.source}: no rows have split '{self.eval_split}' (the split "
+                f"column holds {counts}); choose the evaluation split with "
+                f"dataset.eval_split=val|test|train"
+            )
         return train, (val if self.eval_split != "train" else np.empty(0, np.int64))
 
     @property
@@ -156,25 +175,39 @@ class ClassDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------ dataloaders
     def _loader(self, dataset: Dataset, batch_size: int, **kwargs) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=False, **kwargs)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+            **kwargs,
+        )
 
     def train_sampler(self, epoch: int = 0) -> PKSampler:
         labels = self.train_gt.labels
         eligible = int((np.bincount(labels) >= 2).sum())
         if eligible < 2:
-            raise DatasetError(f"{self.source}: the training split has {eligible} classes with 2 or "
-                               f"more images; P×K batches need at least 2 (check the split column "
-                               f"or dataset.val_fraction / dataset.split_by)")
+            raise DatasetError(
+                f"{self.source}: the training split has {eligible} classes with 2 or "
+                f"more images; P×K batches need at least 2 (check the split column "
+                f"or dataset.val_fraction / dataset.split_by)"
+            )
         p = self.classes_per_batch
         if eligible < p:
-            log.warning("P=%d classes per batch, but the training split has %d classes with 2+ "
-                        "images: using P=%d", p, eligible, eligible)
+            log.warning(
+                "P=%d classes per batch, but the training split has %d classes with 2+ images: using P=%d",
+                p,
+                eligible,
+                eligible,
+            )
             p = eligible
-        world, rank = ((self.trainer.world_size, self.trainer.global_rank)
-                       if self.trainer is not None else (1, 0))
-        sampler = PKSampler(labels, p, self.images_per_class, self.batches_per_epoch,
-                            self.seed, num_replicas=world, rank=rank)
+        world, rank = (
+            (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        )
+        sampler = PKSampler(
+            labels, p, self.images_per_class, self.batches_per_epoch, self.seed, num_replicas=world, rank=rank
+        )
         sampler.set_epoch(epoch)
         return sampler
 
@@ -183,8 +216,11 @@ class ClassDataModule(L.LightningDataModule):
         # function of (seed, epoch); Lightning also calls set_epoch on the sampler
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         sampler = self.train_sampler(epoch)
-        dataset = LabelledImageDataset(self.train_gt.image_paths, self.train_gt.labels,
-                                       train_transform(self.image_size, self.augmentations, self.normalization))
+        dataset = LabelledImageDataset(
+            self.train_gt.image_paths,
+            self.train_gt.labels,
+            train_transform(self.image_size, self.augmentations, self.normalization),
+        )
         return self._loader(dataset, sampler.batch_size, sampler=sampler, drop_last=True)
 
     def gallery_dataset(self) -> ImageListDataset:

@@ -1,4 +1,5 @@
 """Torch datasets over image files: plain image lists (evaluation) and triplets (training)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -8,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from retrieval.data.truth import BBox
 from retrieval.data.image_io import load_rgb
+from retrieval.data.truth import BBox
 
 Transform = Callable[[object], torch.Tensor]
 
@@ -18,8 +19,9 @@ class ImageListDataset(Dataset):
     """Images in a fixed order; yields ``(tensor, index)`` so results can be re-ordered
     after a distributed sampler shuffled or padded them."""
 
-    def __init__(self, paths: Sequence[Path], transform: Transform,
-                 bboxes: Sequence[BBox | None] | None = None) -> None:
+    def __init__(
+        self, paths: Sequence[Path], transform: Transform, bboxes: Sequence[BBox | None] | None = None
+    ) -> None:
         self.paths = list(paths)
         self.transform = transform
         self.bboxes = list(bboxes) if bboxes is not None else [None] * len(self.paths)
@@ -43,9 +45,15 @@ class TripletDataset(Dataset):
     or what ran before (a resumed run), and the global RNG is left as it was.
     """
 
-    def __init__(self, anchor_paths: Sequence[Path], anchor_bboxes: Sequence[BBox | None],
-                 image_paths: Sequence[Path], triplets: np.ndarray, transform: Transform,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        anchor_paths: Sequence[Path],
+        anchor_bboxes: Sequence[BBox | None],
+        image_paths: Sequence[Path],
+        triplets: np.ndarray,
+        transform: Transform,
+        seed: int | None = None,
+    ) -> None:
         if triplets.ndim != 2 or triplets.shape[1] != 3:
             raise ValueError(f"triplets must be an (n, 3) array, got shape {triplets.shape}")
         self.anchor_paths = list(anchor_paths)
@@ -60,8 +68,11 @@ class TripletDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         query, positive, negative = (int(v) for v in self.triplets[index])
-        images = (load_rgb(self.anchor_paths[query], self.anchor_bboxes[query]),
-                  load_rgb(self.image_paths[positive]), load_rgb(self.image_paths[negative]))
+        images = (
+            load_rgb(self.anchor_paths[query], self.anchor_bboxes[query]),
+            load_rgb(self.image_paths[positive]),
+            load_rgb(self.image_paths[negative]),
+        )
         if self.seed is None:
             return tuple(self.transform(image) for image in images)
         # torchvision's random transforms draw from torch's global RNG: fork it

@@ -9,6 +9,7 @@ and validation and says which queries are evaluated; ``negative_pools`` (the ``m
 group, a :mod:`~retrieval.datamodules.negative_pools` source) gives each query the images
 its triplets take their negatives from. Evaluation-only commands pass no pools.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,8 @@ from retrieval.data.ground_truth import RetrievalGroundTruth
 from retrieval.datamodules.image_datasets import ImageListDataset, TripletDataset
 from retrieval.datamodules.negative_pools import EpochNegativePoolSource, NegativePools
 from retrieval.datamodules.transforms import eval_transform, train_transform
-from retrieval.models.input_normalization import InputNormalization
 from retrieval.datamodules.triplets import PairSplit, SplitFunction, draw_triplets, split_positives_per_query
+from retrieval.models.input_normalization import InputNormalization
 from retrieval.utils.errors import DatasetError, dataset_missing_message
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,9 @@ class LandmarkDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         # the augmentation config is a mapping name -> transform (so each can be overridden
         # or removed by name); its order is the order of application
-        self.augmentations = list(augmentations.values() if isinstance(augmentations, Mapping)
-                                  else augmentations)
+        self.augmentations = list(
+            augmentations.values() if isinstance(augmentations, Mapping) else augmentations
+        )
         self.negative_pools_fn = negative_pools
         # the split function; setup() applies it and keeps its result as self.split
         self.make_split = split
@@ -91,9 +93,14 @@ class LandmarkDataModule(L.LightningDataModule):
         self.gt = self.read_ground_truth()
         self.split = self.make_split(self.gt)
         self.train_pairs, self.val_pairs = self.split.train_pairs, self.split.val_pairs
-        log.info("%s: %d database images, %d queries, %d train / %d val (query, positive) pairs",
-                 self.gt.name, len(self.gt.image_names), len(self.gt.queries),
-                 len(self.train_pairs), len(self.val_pairs))
+        log.info(
+            "%s: %d database images, %d queries, %d train / %d val (query, positive) pairs",
+            self.gt.name,
+            len(self.gt.image_names),
+            len(self.gt.queries),
+            len(self.train_pairs),
+            len(self.val_pairs),
+        )
         if self.load_eval_ground_truth is not None:
             self.eval_gt = self.read_ground_truth(self.load_eval_ground_truth)
         elif self.split.eval_queries is not None:
@@ -107,7 +114,9 @@ class LandmarkDataModule(L.LightningDataModule):
     def evaluates_on_training_anchors(self) -> bool:
         return self.load_eval_ground_truth is None and self.split.evaluates_on_training_anchors
 
-    def read_ground_truth(self, loader: Callable[[], RetrievalGroundTruth] | None = None) -> RetrievalGroundTruth:
+    def read_ground_truth(
+        self, loader: Callable[[], RetrievalGroundTruth] | None = None
+    ) -> RetrievalGroundTruth:
         """Read a ground truth; a missing or broken dataset becomes one readable paragraph."""
         loader = loader or self.load_ground_truth
         if loader is self.load_ground_truth:
@@ -129,8 +138,10 @@ class LandmarkDataModule(L.LightningDataModule):
             return self._pools_from_current_model(epoch or 0)
         if self.negative_pools is None:
             if self.negative_pools_fn is None:
-                raise ValueError("this datamodule was built without negative pools (mining=...; "
-                                 "train.py passes them, evaluation builds no triplets)")
+                raise ValueError(
+                    "this datamodule was built without negative pools (mining=...; "
+                    "train.py passes them, evaluation builds no triplets)"
+                )
             pools = self.negative_pools_fn(self.gt, cache_dir=self.cache_dir / self.gt.name)
             held_out = self.split.held_out_images
             self.negative_pools = [np.setdiff1d(pool, held_out) for pool in pools] if len(held_out) else pools
@@ -143,8 +154,14 @@ class LandmarkDataModule(L.LightningDataModule):
             if module is None:
                 raise ValueError("mining=current_model needs the model: use the datamodule in a Trainer")
             self.negative_pools = self.negative_pools_fn.pools_for_epoch(
-                self.gt, model=module, epoch=epoch, seed=self.seed, image_size=self.image_size,
-                query_bboxes=self._anchor_bboxes(), held_out=self.split.held_out_images)
+                self.gt,
+                model=module,
+                epoch=epoch,
+                seed=self.seed,
+                image_size=self.image_size,
+                query_bboxes=self._anchor_bboxes(),
+                held_out=self.split.held_out_images,
+            )
             self._pools_epoch = epoch
         return self.negative_pools
 
@@ -153,22 +170,45 @@ class LandmarkDataModule(L.LightningDataModule):
         return [q.bbox if self.train_anchor_crop else None for q in self.gt.queries]
 
     # ------------------------------------------------------------ dataloaders
-    def _triplets(self, pairs: np.ndarray, epoch: int, augment: bool,
-                  limit: int | None = None, seed: int | None = None,
-                  mining_epoch: int | None = None) -> TripletDataset:
+    def _triplets(
+        self,
+        pairs: np.ndarray,
+        epoch: int,
+        augment: bool,
+        limit: int | None = None,
+        seed: int | None = None,
+        mining_epoch: int | None = None,
+    ) -> TripletDataset:
         if limit is not None and len(pairs) > limit:
             rng = np.random.default_rng([self.seed, epoch, 1])
             pairs = pairs[np.sort(rng.choice(len(pairs), size=limit, replace=False))]
-        transform = (train_transform(self.image_size, self.augmentations, self.normalization) if augment
-                     else eval_transform(self.image_size, self.normalization))
-        return TripletDataset([q.path for q in self.gt.queries], self._anchor_bboxes(), self.gt.image_paths,
-                              draw_triplets(pairs, self._pools(mining_epoch), self.seed, epoch), transform, seed)
+        transform = (
+            train_transform(self.image_size, self.augmentations, self.normalization)
+            if augment
+            else eval_transform(self.image_size, self.normalization)
+        )
+        return TripletDataset(
+            [q.path for q in self.gt.queries],
+            self._anchor_bboxes(),
+            self.gt.image_paths,
+            draw_triplets(pairs, self._pools(mining_epoch), self.seed, epoch),
+            transform,
+            seed,
+        )
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool,
-                generator: torch.Generator | None = None) -> DataLoader:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=False, drop_last=False)
+    def _loader(
+        self, dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+    ) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+            drop_last=False,
+        )
 
     def train_dataloader(self) -> DataLoader:
         # Called again every epoch (trainer.reload_dataloaders_every_n_epochs=1) so that
@@ -178,30 +218,45 @@ class LandmarkDataModule(L.LightningDataModule):
         # before, so a run resumed from a checkpoint replays the uninterrupted run exactly:
         # the triplets, their order (generator) and their augmentations (dataset seed).
         epoch_seed = int(np.random.default_rng([self.seed, epoch, 2]).integers(2**62))
-        return self._loader(self._triplets(self.train_pairs, epoch, augment=True,
-                                           limit=self.triplets_per_epoch, seed=epoch_seed,
-                                           mining_epoch=epoch),
-                            self.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(epoch_seed))
+        return self._loader(
+            self._triplets(
+                self.train_pairs,
+                epoch,
+                augment=True,
+                limit=self.triplets_per_epoch,
+                seed=epoch_seed,
+                mining_epoch=epoch,
+            ),
+            self.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(epoch_seed),
+        )
 
     def query_dataset(self) -> ImageListDataset:
         queries = self.eval_gt.queries
         bboxes = [q.bbox if self.query_crop else None for q in queries]
-        return ImageListDataset([q.path for q in queries], eval_transform(self.image_size, self.normalization), bboxes)
+        return ImageListDataset(
+            [q.path for q in queries], eval_transform(self.image_size, self.normalization), bboxes
+        )
 
     def database_dataset(self) -> ImageListDataset:
         return ImageListDataset(self.eval_gt.image_paths, eval_transform(self.image_size, self.normalization))
 
     def val_dataloader(self) -> list[DataLoader]:
-        loaders = [self._loader(self.query_dataset(), self.eval_batch_size, False),
-                   self._loader(self.database_dataset(), self.eval_batch_size, False)]
+        loaders = [
+            self._loader(self.query_dataset(), self.eval_batch_size, False),
+            self._loader(self.database_dataset(), self.eval_batch_size, False),
+        ]
         if self.val_triplets and len(self.val_pairs):
             # a fixed draw (epoch 0), so that the validation loss is comparable across epochs
-            loaders.append(self._loader(self._triplets(self.val_pairs, 0, augment=False,
-                                                       limit=self.max_val_triplets),
-                                        self.batch_size, False))
+            loaders.append(
+                self._loader(
+                    self._triplets(self.val_pairs, 0, augment=False, limit=self.max_val_triplets),
+                    self.batch_size,
+                    False,
+                )
+            )
         return loaders
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.val_dataloader()
-

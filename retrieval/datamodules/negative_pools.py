@@ -15,6 +15,7 @@ importing this module:
 Class-labelled sets choose negatives inside each batch instead (the ``batch_miner`` group,
 :mod:`retrieval.mining.in_batch`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -42,9 +43,16 @@ class EpochNegativePoolSource(Protocol):
     training may see (``held_out`` excluded), embedded at ``image_size``; seeded by
     ``(seed, epoch)``, so that every process mines the same pools."""
 
-    def pools_for_epoch(self, gt: RetrievalGroundTruth, model: nn.Module, epoch: int, seed: int,
-                        image_size: int, query_bboxes: Sequence[BBox | None],
-                        held_out: np.ndarray) -> list[np.ndarray]: ...
+    def pools_for_epoch(
+        self,
+        gt: RetrievalGroundTruth,
+        model: nn.Module,
+        epoch: int,
+        seed: int,
+        image_size: int,
+        query_bboxes: Sequence[BBox | None],
+        held_out: np.ndarray,
+    ) -> list[np.ndarray]: ...
 
 
 NegativePools = NegativePoolSource | EpochNegativePoolSource

@@ -12,6 +12,7 @@ Why not pytorch-metric-learning's ``MPerClassSampler``, which yields the same ba
 
 Use it with ``DataLoader(batch_size=P * K, drop_last=True, shuffle=False)``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -30,19 +31,30 @@ class PKSampler(DistributedSampler):
     about one pass over the images); every rank gets the same number of them.
     """
 
-    def __init__(self, labels: Sequence[int] | np.ndarray, classes_per_batch: int,
-                 images_per_class: int, batches_per_epoch: int | None = None, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray,
+        classes_per_batch: int,
+        images_per_class: int,
+        batches_per_epoch: int | None = None,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         labels = np.asarray(labels, dtype=np.int64)
         super().__init__(labels, num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
         if classes_per_batch < 2 or images_per_class < 2:
-            raise ValueError("P×K batches need P >= 2 classes and K >= 2 images per class "
-                             f"(got P={classes_per_batch}, K={images_per_class})")
+            raise ValueError(
+                "P×K batches need P >= 2 classes and K >= 2 images per class "
+                f"(got P={classes_per_batch}, K={images_per_class})"
+            )
         members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
         self.members = [m for m in members if len(m) >= 2]  # a lone image has no positive
         if len(self.members) < classes_per_batch:
-            raise ValueError(f"P={classes_per_batch} classes per batch, but only "
-                             f"{len(self.members)} classes have 2 or more images")
+            raise ValueError(
+                f"P={classes_per_batch} classes per batch, but only "
+                f"{len(self.members)} classes have 2 or more images"
+            )
         self.p, self.k = classes_per_batch, images_per_class
         total = batches_per_epoch or max(1, len(labels) // (self.p * self.k))
         self.batches_per_rank = max(1, total // num_replicas)
@@ -60,10 +72,15 @@ class PKSampler(DistributedSampler):
         out = []
         for _ in range(self.batches_per_rank * self.num_replicas):  # the same draw on every rank
             classes = rng.choice(len(self.members), size=self.p, replace=False)
-            out.append(np.concatenate([
-                rng.choice(self.members[c], size=self.k, replace=len(self.members[c]) < self.k)
-                for c in classes]))
-        return out[self.rank::self.num_replicas]
+            out.append(
+                np.concatenate(
+                    [
+                        rng.choice(self.members[c], size=self.k, replace=len(self.members[c]) < self.k)
+                        for c in classes
+                    ]
+                )
+            )
+        return out[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         return iter(np.concatenate(self.batches()).tolist())

@@ -5,6 +5,7 @@ input size, and fixed sizes batch. Training augmentations are given by the
 ``augmentation`` config group as a list of v2 transforms applied before that resize. The
 pixel normalisation is the backbone's own (:class:`InputNormalization`, from timm).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -14,8 +15,11 @@ from torchvision.transforms import v2
 
 from retrieval.models.input_normalization import InputNormalization
 
-_INTERPOLATION = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC,
-                  "nearest": v2.InterpolationMode.NEAREST}
+_INTERPOLATION = {
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
 
 
 def _resize(image_size: int, normalization: InputNormalization) -> v2.Resize:
@@ -24,8 +28,11 @@ def _resize(image_size: int, normalization: InputNormalization) -> v2.Resize:
 
 
 def _to_normalized_tensor(normalization: InputNormalization) -> list[v2.Transform]:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(normalization.mean, normalization.std)]
+    return [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(normalization.mean, normalization.std),
+    ]
 
 
 def eval_transform(image_size: int, normalization: InputNormalization | None = None) -> v2.Compose:
@@ -33,7 +40,12 @@ def eval_transform(image_size: int, normalization: InputNormalization | None = N
     return v2.Compose([_resize(image_size, normalization), *_to_normalized_tensor(normalization)])
 
 
-def train_transform(image_size: int, augmentations: Sequence[v2.Transform] = (),
-                    normalization: InputNormalization | None = None) -> v2.Compose:
+def train_transform(
+    image_size: int,
+    augmentations: Sequence[v2.Transform] = (),
+    normalization: InputNormalization | None = None,
+) -> v2.Compose:
     normalization = normalization or InputNormalization()
-    return v2.Compose([*augmentations, _resize(image_size, normalization), *_to_normalized_tensor(normalization)])
+    return v2.Compose(
+        [*augmentations, _resize(image_size, normalization), *_to_normalized_tensor(normalization)]
+    )

@@ -4,6 +4,7 @@ training must never see; and how a negative joins each pair to make a triplet.
 
 Pairs are ``(n, 2)`` int64 arrays of ``(query index, database index)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,9 @@ def _concat(pairs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(pairs) if pairs else np.empty((0, 2), dtype=np.int64)
 
 
-def split_positives_per_query(gt: RetrievalGroundTruth, val_fraction: float = 0.2,
-                              seed: int = 0) -> PairSplit:
+def split_positives_per_query(
+    gt: RetrievalGroundTruth, val_fraction: float = 0.2, seed: int = 0
+) -> PairSplit:
     """The reference project's split as its README states it (``split=reference``): each
     query's training positives (good ∪ ok ∪ junk, as the reference trains on) are shuffled
     and split, ``ceil(f·n)`` to validation (scikit-learn's rounding) and the rest to
@@ -65,10 +67,13 @@ def split_by_query(gt: RetrievalGroundTruth, num_val_queries: int = 15) -> PairS
     order = sorted(range(len(gt.queries)), key=lambda q: gt.queries[q].name)
     cut = len(order) - num_val_queries
     if cut <= 0:
-        raise ValueError(f"num_val_queries={num_val_queries} leaves no training query "
-                         f"({len(order)} queries in {gt.name})")
+        raise ValueError(
+            f"num_val_queries={num_val_queries} leaves no training query ({len(order)} queries in {gt.name})"
+        )
+
     def pairs(qs: Sequence[int]) -> np.ndarray:
         return _concat([_pairs(q, gt.queries[q].labelled) for q in qs])
+
     return PairSplit(pairs(order[:cut]), pairs(order[cut:]))
 
 
@@ -83,21 +88,30 @@ def split_held_out_queries(gt: RetrievalGroundTruth, per_landmark: int = 2) -> P
     for q, query in enumerate(gt.queries):
         by_landmark.setdefault(query.landmark, []).append(q)
     if any(len(qs) <= per_landmark for qs in by_landmark.values()):
-        raise ValueError(f"split.per_landmark={per_landmark} leaves a landmark of {gt.name} without a "
-                         f"training query (fewest queries per landmark: "
-                         f"{min(map(len, by_landmark.values()))})")
+        raise ValueError(
+            f"split.per_landmark={per_landmark} leaves a landmark of {gt.name} without a "
+            f"training query (fewest queries per landmark: "
+            f"{min(map(len, by_landmark.values()))})"
+        )
     eval_queries = np.asarray(sorted(q for qs in by_landmark.values() for q in qs[-per_landmark:]))
-    held_out_images = np.asarray(sorted(gt.index_of(gt.queries[q].name) for q in eval_queries
-                                        if gt.has_image(gt.queries[q].name)), dtype=np.int64)
-    train = [_pairs(q, np.setdiff1d(query.labelled, held_out_images))
-             for q, query in enumerate(gt.queries) if q not in set(eval_queries.tolist())]
+    held_out_images = np.asarray(
+        sorted(gt.index_of(gt.queries[q].name) for q in eval_queries if gt.has_image(gt.queries[q].name)),
+        dtype=np.int64,
+    )
+    train = [
+        _pairs(q, np.setdiff1d(query.labelled, held_out_images))
+        for q, query in enumerate(gt.queries)
+        if q not in set(eval_queries.tolist())
+    ]
     val = [_pairs(q, gt.queries[q].labelled) for q in eval_queries]
-    return PairSplit(_concat(train), _concat(val), eval_queries, held_out_images,
-                     evaluates_on_training_anchors=False)
+    return PairSplit(
+        _concat(train), _concat(val), eval_queries, held_out_images, evaluates_on_training_anchors=False
+    )
 
 
-def split_by_landmark(gt: RetrievalGroundTruth, held_out: Sequence[str] | None = None,
-                      num_held_out: int = 3) -> PairSplit:
+def split_by_landmark(
+    gt: RetrievalGroundTruth, held_out: Sequence[str] | None = None, num_held_out: int = 3
+) -> PairSplit:
     """Landmark-disjoint split (``split=landmark_disjoint``): the queries of the held-out
     landmarks (``held_out``, or the last ``num_held_out`` landmarks by name) are the only
     evaluated ones, and every image tied to them never enters training, not even as a
@@ -109,18 +123,26 @@ def split_by_landmark(gt: RetrievalGroundTruth, held_out: Sequence[str] | None =
         raise ValueError(f"held-out landmarks {held} must be a proper subset of {landmarks}")
     eval_queries = np.asarray([q for q, query in enumerate(gt.queries) if query.landmark in held])
     held_images = [gt.queries[q].labelled for q in eval_queries]
-    held_images += [np.asarray([gt.index_of(gt.queries[q].name)]) for q in eval_queries
-                    if gt.has_image(gt.queries[q].name)]
+    held_images += [
+        np.asarray([gt.index_of(gt.queries[q].name)])
+        for q in eval_queries
+        if gt.has_image(gt.queries[q].name)
+    ]
     held_out_images = np.unique(np.concatenate(held_images)).astype(np.int64)
-    train = [_pairs(q, np.setdiff1d(query.labelled, held_out_images))
-             for q, query in enumerate(gt.queries) if query.landmark not in held]
+    train = [
+        _pairs(q, np.setdiff1d(query.labelled, held_out_images))
+        for q, query in enumerate(gt.queries)
+        if query.landmark not in held
+    ]
     val = [_pairs(q, gt.queries[q].labelled) for q in eval_queries]
-    return PairSplit(_concat(train), _concat(val), eval_queries, held_out_images,
-                         evaluates_on_training_anchors=False)
+    return PairSplit(
+        _concat(train), _concat(val), eval_queries, held_out_images, evaluates_on_training_anchors=False
+    )
 
 
-def draw_triplets(pairs: np.ndarray, negative_pools: Sequence[np.ndarray], seed: int,
-                  epoch: int) -> np.ndarray:
+def draw_triplets(
+    pairs: np.ndarray, negative_pools: Sequence[np.ndarray], seed: int, epoch: int
+) -> np.ndarray:
     """Give every (query, positive) pair one negative drawn uniformly from its query's pool.
 
     Seeded by ``(seed, epoch)``: a new draw each epoch, identical across processes and
@@ -135,4 +157,3 @@ def draw_triplets(pairs: np.ndarray, negative_pools: Sequence[np.ndarray], seed:
             raise ValueError(f"query {q} has an empty negative pool")
         negatives[rows] = pool[rng.integers(0, len(pool), size=len(rows))]
     return np.concatenate([pairs, negatives[:, None]], axis=1)
-

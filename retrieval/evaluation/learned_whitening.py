@@ -24,6 +24,7 @@ on the data mean rather than on ``m``).
 The pairs must come from the training split (never the evaluation queries' ground truth)
 for a leak-free evaluation.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,14 +44,20 @@ def _symmetric_eig(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[::-1], vectors[:, ::-1]
 
 
-def fit_learned_whitening(descriptors: np.ndarray, pairs: np.ndarray, dim: int | None = None,
-                          power: float = 1.0, shrinkage: float = 0.0) -> Whitening:
+def fit_learned_whitening(
+    descriptors: np.ndarray,
+    pairs: np.ndarray,
+    dim: int | None = None,
+    power: float = 1.0,
+    shrinkage: float = 0.0,
+) -> Whitening:
     """Learn whitening from ``descriptors`` (n, d) and ``pairs`` (m, 2) of matching rows."""
     x = signed_power(np.asarray(descriptors, dtype=np.float64), power)
     pairs = np.asarray(pairs, dtype=np.int64)
     if x.ndim != 2 or pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0:
-        raise ValueError(f"need (n, d) descriptors and (m, 2) matching pairs, got {x.shape} and "
-                         f"{pairs.shape}")
+        raise ValueError(
+            f"need (n, d) descriptors and (m, 2) matching pairs, got {x.shape} and {pairs.shape}"
+        )
     if shrinkage < 0:
         raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
     d = x.shape[1]
@@ -62,12 +69,21 @@ def fit_learned_whitening(descriptors: np.ndarray, pairs: np.ndarray, dim: int |
     values = np.maximum(values, 0.0)
     ridge = max(shrinkage, _MIN_RIDGE) * max(values.mean(), np.finfo(np.float64).tiny)
     if len(pairs) < d:
-        log.warning("learned whitening: %d pairs for %d-d descriptors; the pair covariance is singular "
-                    "and regularised (ridge %.2g)", len(pairs), d, ridge)
+        log.warning(
+            "learned whitening: %d pairs for %d-d descriptors; the pair covariance is singular "
+            "and regularised (ridge %.2g)",
+            len(pairs),
+            d,
+            ridge,
+        )
     inverse_sqrt = vectors / np.sqrt(values + ridge)  # columns u_i / sqrt(l_i + ridge): P^T
     whitened = (x - mean) @ inverse_sqrt
     _, rotation = _symmetric_eig(whitened.T @ whitened)
     projection = inverse_sqrt @ rotation[:, :dim]
     log.info("learned whitening from %d pairs over %d descriptors: %d -> %d", len(pairs), len(x), d, dim)
-    return Whitening(mean=mean.astype(np.float32), projection=projection.astype(np.float32),
-                     power=float(power), shrinkage=float(shrinkage))
+    return Whitening(
+        mean=mean.astype(np.float32),
+        projection=projection.astype(np.float32),
+        power=float(power),
+        shrinkage=float(shrinkage),
+    )

@@ -1,5 +1,6 @@
 """From embeddings to the metrics of the dataset's protocol: classic, revisited, or
 leave-one-out for class-labelled galleries (chosen by the type of the ground truth)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -28,19 +29,24 @@ class EvaluationResult:
     database_embeddings: np.ndarray | None = None
 
 
-def evaluate_leave_one_out(embeddings: np.ndarray, labels: np.ndarray,
-                           ks: Sequence[int] = (1, 5, 10)) -> EvaluationResult:
+def evaluate_leave_one_out(
+    embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5, 10)
+) -> EvaluationResult:
     """Every item queries all the others: MAP@R ("mAP"), R@k, P@k, mAP@k (see class_metrics)."""
     largest_class = int(np.bincount(np.asarray(labels)).max(initial=1))
     rankings = leave_one_out_rankings(embeddings, max(max(ks), largest_class - 1))
     result = class_metrics(rankings, labels, ks)
-    return EvaluationResult(LEAVE_ONE_OUT, result.metrics, result.per_query_ap, rankings,
-                            embeddings, embeddings)
+    return EvaluationResult(
+        LEAVE_ONE_OUT, result.metrics, result.per_query_ap, rankings, embeddings, embeddings
+    )
 
 
-def evaluate_embeddings(queries: np.ndarray, database: np.ndarray,
-                        gt: RetrievalGroundTruth | ClassGroundTruth,
-                        ks: Sequence[int] = (1, 5, 10)) -> EvaluationResult:
+def evaluate_embeddings(
+    queries: np.ndarray,
+    database: np.ndarray,
+    gt: RetrievalGroundTruth | ClassGroundTruth,
+    ks: Sequence[int] = (1, 5, 10),
+) -> EvaluationResult:
     """The protocol of ``gt``; for a :class:`ClassGroundTruth` ``queries`` is the gallery
     (``database``, the same images, is not used)."""
     if isinstance(gt, ClassGroundTruth):
@@ -48,5 +54,4 @@ def evaluate_embeddings(queries: np.ndarray, database: np.ndarray,
     rankings = rank_by_similarity(cosine_similarity(queries, database))
     protocol = revisited_metrics if gt.protocol == "revisited" else classic_metrics
     result = protocol(rankings, gt.queries, ks)
-    return EvaluationResult(gt.protocol, result.metrics, result.per_query_ap, rankings,
-                            queries, database)
+    return EvaluationResult(gt.protocol, result.metrics, result.per_query_ap, rankings, queries, database)

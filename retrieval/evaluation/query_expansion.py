@@ -17,6 +17,7 @@ leaves the vectors unchanged.
 - DBA: every database vector against the rest of the database (itself excluded from its
   neighbours, since it already has weight 1).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,9 @@ def _expand(vectors: np.ndarray, pool: np.ndarray, n: int, alpha: float, exclude
     return l2_normalize(out).astype(np.float32, copy=False)
 
 
-def alpha_query_expansion(queries: np.ndarray, database: np.ndarray, n: int,
-                          alpha: float = 3.0) -> np.ndarray:
+def alpha_query_expansion(
+    queries: np.ndarray, database: np.ndarray, n: int, alpha: float = 3.0
+) -> np.ndarray:
     """αQE: each query replaced by its weighted sum with its top-``n`` database vectors."""
     return _expand(queries, database, n, alpha, exclude_self=False)
 

@@ -21,6 +21,7 @@ Exact transform, for an input row ``x`` (a descriptor, L2-normalised or not):
 Fit on the database itself (the common practice, transductive) or on another set for a
 leak-free setup, e.g. the descriptors of a different dataset built with the same network.
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,14 +76,21 @@ class Whitening:
 
     def to_dict(self) -> dict[str, np.ndarray | np.float64]:
         """Plain arrays (for ``np.savez``)."""
-        return {"mean": self.mean, "projection": self.projection,
-                "power": np.float64(self.power), "shrinkage": np.float64(self.shrinkage)}
+        return {
+            "mean": self.mean,
+            "projection": self.projection,
+            "power": np.float64(self.power),
+            "shrinkage": np.float64(self.shrinkage),
+        }
 
     @classmethod
     def from_dict(cls, data) -> Whitening:
-        return cls(mean=np.asarray(data["mean"], dtype=np.float32),
-                   projection=np.asarray(data["projection"], dtype=np.float32),
-                   power=float(data["power"]), shrinkage=float(data["shrinkage"]))
+        return cls(
+            mean=np.asarray(data["mean"], dtype=np.float32),
+            projection=np.asarray(data["projection"], dtype=np.float32),
+            power=float(data["power"]),
+            shrinkage=float(data["shrinkage"]),
+        )
 
 
 def clip_dim(dim: int | None, n_samples: int, n_features: int) -> int:
@@ -93,8 +101,14 @@ def clip_dim(dim: int | None, n_samples: int, n_features: int) -> int:
     if dim is None:
         return limit
     if dim > limit:
-        log.warning("whitening dim %d clipped to %d (%d descriptors of dimension %d: centred data "
-                    "has rank at most min(n - 1, d))", dim, limit, n_samples, n_features)
+        log.warning(
+            "whitening dim %d clipped to %d (%d descriptors of dimension %d: centred data "
+            "has rank at most min(n - 1, d))",
+            dim,
+            limit,
+            n_samples,
+            n_features,
+        )
         return limit
     return dim
 
@@ -107,8 +121,13 @@ def _solver(dim: int, n_samples: int, n_features: int) -> str:
     return "randomized" if large and dim < 0.8 * min(n_samples, n_features) else "full"
 
 
-def fit_whitening(descriptors: np.ndarray, dim: int | None = 4096, power: float = 1.0,
-                  shrinkage: float = 0.0, random_state: int = 0) -> Whitening:
+def fit_whitening(
+    descriptors: np.ndarray,
+    dim: int | None = 4096,
+    power: float = 1.0,
+    shrinkage: float = 0.0,
+    random_state: int = 0,
+) -> Whitening:
     """Learn PCA whitening from ``descriptors`` (n, d); see the module docstring."""
     # imported here: scikit-learn takes ~2 s to import, and applying a whitening (every
     # query) needs only NumPy
@@ -133,10 +152,18 @@ def fit_whitening(descriptors: np.ndarray, dim: int | None = 4096, power: float 
         variances = np.var(x @ axes.T - pca.mean_ @ axes.T, axis=0, ddof=1)
     kept = variances > _RANK_TOLERANCE * variances.max()
     if not kept.all():
-        log.warning("whitening dim %d reduced to %d: the fitting descriptors span only %d "
-                    "dimensions", dim, kept.sum(), kept.sum())
+        log.warning(
+            "whitening dim %d reduced to %d: the fitting descriptors span only %d dimensions",
+            dim,
+            kept.sum(),
+            kept.sum(),
+        )
         axes, variances = axes[kept], variances[kept]
     scale = 1.0 / np.sqrt(variances + shrinkage * variances.mean())
     projection = axes.T * scale
-    return Whitening(mean=pca.mean_.astype(np.float32), projection=projection.astype(np.float32),
-                     power=float(power), shrinkage=float(shrinkage))
+    return Whitening(
+        mean=pca.mean_.astype(np.float32),
+        projection=projection.astype(np.float32),
+        power=float(power),
+        shrinkage=float(shrinkage),
+    )

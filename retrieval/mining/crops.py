@@ -54,9 +54,7 @@ class CropSpec:
 
     def __post_init__(self) -> None:
         if self.small_images not in SMALL_POLICIES:
-            raise ValueError(
-                f"small_images must be one of {SMALL_POLICIES}, got {self.small_images!r}"
-            )
+            raise ValueError(f"small_images must be one of {SMALL_POLICIES}, got {self.small_images!r}")
         if self.crop_size < 7:
             raise ValueError(f"crop_size must be at least SSIM's 7x7 window, got {self.crop_size}")
 
@@ -171,9 +169,7 @@ def _decode_all(
         except SmallImageError:
             small.append(index)
         except Exception as error:  # noqa: BLE001 -- any decoder failure: skip the image, name it, go on
-            log.warning(
-                "cannot read %s (%s: %s); skipped", image_paths[index], type(error).__name__, error
-            )
+            log.warning("cannot read %s (%s: %s); skipped", image_paths[index], type(error).__name__, error)
             failed.append(index)
 
     with (
@@ -206,16 +202,12 @@ def build_crop_cache(
         cache_dir / f"crops-{key[:24]}.npy",
         cache_dir / f"crops-{key[:24]}.json",
     )
-    if not (
-        meta_path.exists() and array_path.exists()
-    ):  # the sidecar, written last, marks completion
+    if not (meta_path.exists() and array_path.exists()):  # the sidecar, written last, marks completion
         with atomic_file(array_path) as tmp:
             failed, small = _decode_all(image_paths, tmp, spec, num_workers, show_progress)
         meta = {"spec": asdict(spec), "failed": failed, "small": small, "count": len(image_paths)}
         write_atomic(meta_path, json.dumps(meta, indent=1))
     meta = json.loads(meta_path.read_text())
-    cache = CropCache(
-        np.load(array_path, mmap_mode="r"), spec, meta["failed"], meta["small"], array_path
-    )
+    cache = CropCache(np.load(array_path, mmap_mode="r"), spec, meta["failed"], meta["small"], array_path)
     cache.report(image_paths)
     return cache

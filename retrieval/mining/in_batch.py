@@ -18,6 +18,7 @@ Landmark sets take their negatives from per-query pools instead (the ``mining`` 
 The pml miners are used as they are rather than re-written: they are tested upstream, and
 their distance is configurable (our configs give them the loss's squared Euclidean).
 """
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -40,8 +41,9 @@ def every_triplet() -> None:
     return None
 
 
-def mine_triplets(miner: BaseMiner | None, embeddings: torch.Tensor, labels: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mine_triplets(
+    miner: BaseMiner | None, embeddings: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(anchor, positive, negative) index tensors into the batch; every valid triplet
     without a miner."""
     indices = miner(embeddings, labels) if miner is not None else None

@@ -9,6 +9,7 @@ large databases, as cirtorch's ``poolsize`` does. Under DDP every process mines 
 pools from the same weights. ``mining=current_model``; the landmark datamodule calls it as
 an :class:`~retrieval.datamodules.negative_pools.EpochNegativePoolSource`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,13 @@ from retrieval.models.inference import embed_dataset
 log = logging.getLogger(__name__)
 
 
-def hardest_negatives(query_embeddings: np.ndarray, candidate_embeddings: np.ndarray,
-                      candidates: np.ndarray, excluded: Sequence[np.ndarray], top_k: int) -> list[np.ndarray]:
+def hardest_negatives(
+    query_embeddings: np.ndarray,
+    candidate_embeddings: np.ndarray,
+    candidates: np.ndarray,
+    excluded: Sequence[np.ndarray],
+    top_k: int,
+) -> list[np.ndarray]:
     """Per query, the ``top_k`` candidates (database indices) of highest cosine similarity,
     skipping the query's ``excluded`` indices; most similar first."""
     similarity = query_embeddings @ candidate_embeddings.T
@@ -45,14 +51,22 @@ class CurrentModelNegatives:
     """A negative-pool source that needs the model: the datamodule calls
     :meth:`pools_for_epoch` once per epoch."""
 
-    def __init__(self, top_k: int = 50, pool_size: int | None = 2000, batch_size: int = 32,
-                 num_workers: int = 0) -> None:
+    def __init__(
+        self, top_k: int = 50, pool_size: int | None = 2000, batch_size: int = 32, num_workers: int = 0
+    ) -> None:
         self.top_k, self.pool_size = top_k, pool_size
         self.batch_size, self.num_workers = batch_size, num_workers
 
-    def pools_for_epoch(self, gt: RetrievalGroundTruth, model: nn.Module, epoch: int, seed: int,
-                        image_size: int, query_bboxes: Sequence[BBox | None],
-                        held_out: np.ndarray) -> list[np.ndarray]:
+    def pools_for_epoch(
+        self,
+        gt: RetrievalGroundTruth,
+        model: nn.Module,
+        epoch: int,
+        seed: int,
+        image_size: int,
+        query_bboxes: Sequence[BBox | None],
+        held_out: np.ndarray,
+    ) -> list[np.ndarray]:
         candidates = np.setdiff1d(np.arange(len(gt.image_names)), held_out)
         if self.pool_size is not None and len(candidates) > self.pool_size:
             rng = np.random.default_rng([seed, epoch, 3])
@@ -63,17 +77,30 @@ class CurrentModelNegatives:
         device = next(model.parameters()).device
         training = model.training
         try:
-            queries = embed_dataset(model, ImageListDataset([q.path for q in gt.queries], transform,
-                                                            query_bboxes),
-                                    self.batch_size, self.num_workers, device, progress=False)
-            database = embed_dataset(model, ImageListDataset([gt.image_paths[i] for i in candidates],
-                                                             transform),
-                                     self.batch_size, self.num_workers, device,
-                                     description=f"mining negatives (epoch {epoch})")
+            queries = embed_dataset(
+                model,
+                ImageListDataset([q.path for q in gt.queries], transform, query_bboxes),
+                self.batch_size,
+                self.num_workers,
+                device,
+                progress=False,
+            )
+            database = embed_dataset(
+                model,
+                ImageListDataset([gt.image_paths[i] for i in candidates], transform),
+                self.batch_size,
+                self.num_workers,
+                device,
+                description=f"mining negatives (epoch {epoch})",
+            )
         finally:
             model.train(training)
         excluded = [excluded_from_negatives(gt, q) for q in range(len(gt.queries))]
         pools = hardest_negatives(queries, database, candidates, excluded, self.top_k)
-        log.info("epoch %d: re-mined %d hardest negatives per query among %d images",
-                 epoch, self.top_k, len(candidates))
+        log.info(
+            "epoch %d: re-mined %d hardest negatives per query among %d images",
+            epoch,
+            self.top_k,
+            len(candidates),
+        )
         return pools

@@ -4,6 +4,7 @@ The ``_target_`` of ``configs/mining/random.yaml`` and ``ssim.yaml``; the SSIM m
 (:mod:`retrieval.mining.ssim_miner`) knows queries only as :class:`QuerySpec` and never
 imports this module.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,21 +23,19 @@ def excluded_from_negatives(gt: RetrievalGroundTruth, q: int) -> np.ndarray:
     return np.union1d(query.labelled, np.asarray(own, dtype=np.int64))
 
 
-def random_negative_pools(gt: RetrievalGroundTruth, cache_dir: Path | None = None
-                          ) -> list[np.ndarray]:
+def random_negative_pools(gt: RetrievalGroundTruth, cache_dir: Path | None = None) -> list[np.ndarray]:
     """Every database image not tied to the query: random out-of-class negatives, as in
     the 'deep ranking' approach. ``cache_dir`` is unused (nothing worth caching)."""
     everything = np.arange(len(gt.image_names), dtype=np.int64)
-    return [np.setdiff1d(everything, excluded_from_negatives(gt, q))
-            for q in range(len(gt.queries))]
+    return [np.setdiff1d(everything, excluded_from_negatives(gt, q)) for q in range(len(gt.queries))]
 
 
-def negative_pools_for(gt: RetrievalGroundTruth, cache_dir: Path, **params
-                       ) -> dict[str, NegativePool]:
+def negative_pools_for(gt: RetrievalGroundTruth, cache_dir: Path, **params) -> dict[str, NegativePool]:
     """SSIM pools for every query of a dataset, by query name; never offers a labelled image
     or the query itself. ``params``: see :func:`.ssim_miner.mine_ssim_negatives`."""
-    specs = [QuerySpec(q.name, Path(q.path), excluded_from_negatives(gt, i))
-             for i, q in enumerate(gt.queries)]
+    specs = [
+        QuerySpec(q.name, Path(q.path), excluded_from_negatives(gt, i)) for i, q in enumerate(gt.queries)
+    ]
     return mine_ssim_negatives(gt.image_paths, specs, cache_dir, **params)
 
 

@@ -98,9 +98,7 @@ class _Band:
         self.cand, self.halo, b = cand, halo, len(cand)
         pixel, real = cand.pixels.dtype, cand.mean.dtype
         self.buffers = [np.empty(b * (step + halo), pixel) for _ in range(5)]  # y, p, t1, t2, t3
-        self.stats = [np.empty(b * step, cand.lin.dtype)] + [
-            np.empty(b * step, real) for _ in range(3)
-        ]
+        self.stats = [np.empty(b * step, cand.lin.dtype)] + [np.empty(b * step, real) for _ in range(3)]
         self.floats = [np.empty(b * step, real) for _ in range(4)]  # f1..f4
 
     def load(self, k0: int, n: int) -> None:
@@ -109,9 +107,7 @@ class _Band:
         self.k0, self.n, self.nin = k0, n, nin
         self.y = self.buffers[0][: b * nin].reshape(b, nin)
         np.copyto(self.y, self.cand.pixels[:, k0 : k0 + nin])
-        self.lin, self.mean, self.mean_sq, self.var = (
-            buf[: b * n].reshape(b, n) for buf in self.stats
-        )
+        self.lin, self.mean, self.mean_sq, self.var = (buf[: b * n].reshape(b, n) for buf in self.stats)
         for dst, src in zip(
             (self.lin, self.mean, self.mean_sq, self.var),
             (self.cand.lin, self.cand.mean, self.cand.mean_sq, self.cand.var),
@@ -176,9 +172,7 @@ class _Job:
     def __call__(self, start: int) -> np.ndarray:
         part = self.many[start : start + self.chunk]
         if not isinstance(part, ImageStats):
-            part = ImageStats.compute(
-                np.asarray(part), multichannel=self.multichannel, exact=self.exact
-            )
+            part = ImageStats.compute(np.asarray(part), multichannel=self.multichannel, exact=self.exact)
         if part.shape != self.shape or part.exact != self.exact:
             raise ValueError(
                 f"images {part.shape} (exact={part.exact}) do not match the "
@@ -218,9 +212,7 @@ def _map_chunks(job: _Job, starts: range, workers: int, processes: bool) -> Iter
         yield from _ordered(ThreadPoolExecutor(workers), job, starts)  # NumPy frees the GIL
 
 
-def _ordered(
-    pool: Executor, fn: Callable[[int], np.ndarray], starts: range
-) -> Iterator[np.ndarray]:
+def _ordered(pool: Executor, fn: Callable[[int], np.ndarray], starts: range) -> Iterator[np.ndarray]:
     """pool.map, but an error or interrupt cancels the chunks not started yet."""
     try:
         yield from pool.map(fn, starts)

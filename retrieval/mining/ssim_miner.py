@@ -116,9 +116,7 @@ def _query_crop(
             query.name,
         )
     except Exception as error:  # noqa: BLE001 -- unreadable query: report it, mine the others
-        log.warning(
-            "cannot read query %s (%s: %s): no negatives", query.path, type(error).__name__, error
-        )
+        log.warning("cannot read query %s (%s: %s): no negatives", query.path, type(error).__name__, error)
     return None
 
 
@@ -153,9 +151,7 @@ class _Pass:
         self.by_path = {str(Path(p)): i for i, p in enumerate(self.image_paths)}
         self.stems = [Path(p).stem for p in self.image_paths]
 
-    def run(
-        self, queries: list[QuerySpec], advance: Callable[[float], None]
-    ) -> dict[str, NegativePool]:
+    def run(self, queries: list[QuerySpec], advance: Callable[[float], None]) -> dict[str, NegativePool]:
         """Score ``queries`` against every usable image; save and return their pools."""
         crops = [_query_crop(q, self.by_path, self.cache, self.usable) for q in queries]
         pools = {

@@ -13,6 +13,7 @@ where their ImageNet weights come from.
 * a path to a local state dict (timm's key layout, or a weights package's), loaded with
   ``weights_only=True``: it never executes pickled code.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,9 @@ def _create(name: str, pretrained: bool) -> nn.Module:
         return timm.create_model(name, pretrained=pretrained)
     except RuntimeError as error:
         if "Unknown model" in str(error):
-            raise WeightsError(f"timm has no model '{name}' (model.net.backbone.name; see "
-                               f"timm.list_models())") from None
+            raise WeightsError(
+                f"timm has no model '{name}' (model.net.backbone.name; see timm.list_models())"
+            ) from None
         raise
 
 
@@ -107,8 +109,11 @@ def load_local_weights(model: nn.Module, path: Path) -> None:
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # a tensor of another shape
-        raise WeightsError(f"{path} does not fit the backbone: {str(error).splitlines()[-1].strip()}") from None
+        raise WeightsError(
+            f"{path} does not fit the backbone: {str(error).splitlines()[-1].strip()}"
+        ) from None
     missing = [k for k in missing if not k.startswith(_CLASSIFIER_PREFIXES)]
     if missing or unexpected:
-        raise WeightsError(f"{path} does not fit the backbone: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
+        raise WeightsError(
+            f"{path} does not fit the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )

@@ -1,4 +1,5 @@
 """Checkpoint files: their identity (sha256) and loading their weights into a model."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,6 +26,8 @@ def load_weights(model: nn.Module, ckpt_path: Path) -> None:
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
-        raise UserFacingError(f"checkpoint {ckpt_path} does not match the configured model "
-                              f"(pass the same model/pooling overrides it was trained with): "
-                              f"{str(error).splitlines()[0]}") from None
+        raise UserFacingError(
+            f"checkpoint {ckpt_path} does not match the configured model "
+            f"(pass the same model/pooling overrides it was trained with): "
+            f"{str(error).splitlines()[0]}"
+        ) from None

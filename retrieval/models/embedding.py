@@ -1,4 +1,5 @@
 """The embedding network: backbone -> pooling -> optional projection -> L2 normalisation."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,7 @@ from retrieval.models.input_normalization import InputNormalization
 
 
 class EmbeddingNetwork(nn.Module):
-    def __init__(self, backbone: nn.Module, pooling: nn.Module,
-                 projection: nn.Module | None = None) -> None:
+    def __init__(self, backbone: nn.Module, pooling: nn.Module, projection: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone, self.pooling = backbone, pooling
         self.projection = projection if projection is not None else nn.Identity()

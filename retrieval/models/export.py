@@ -8,6 +8,7 @@ stay dynamic. The normalisation and the trained image size are written beside th
 (``<model>.preprocessing.json``) so a deployment cannot guess them wrong. PCA whitening is
 not part of it: it lives in the database artifact.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,18 +33,28 @@ def write_preprocessing(model_path: Path, normalization: InputNormalization, ima
     """What an input must go through before the exported graph: resize, scale to [0, 1],
     normalise; JSON beside the model file."""
     path = preprocessing_path(model_path)
-    write_atomic(path, json.dumps({"image_size": image_size, "scale": "divide by 255",
-                                   **normalization.to_dict()}, indent=1).encode())
+    write_atomic(
+        path,
+        json.dumps(
+            {"image_size": image_size, "scale": "divide by 255", **normalization.to_dict()}, indent=1
+        ).encode(),
+    )
     return path
 
 
 def export_onnx(net: nn.Module, example: torch.Tensor, path: Path, opset: int = 17) -> None:
     # The TorchScript-based exporter: it needs no extra package (the dynamo exporter wants
     # onnxscript) and handles every pooling here with dynamic height and width.
-    torch.onnx.export(net, (example,), str(path), input_names=["images"], output_names=["embeddings"],
-                      dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
-                                    "embeddings": {0: "batch"}},
-                      opset_version=opset, dynamo=False)
+    torch.onnx.export(
+        net,
+        (example,),
+        str(path),
+        input_names=["images"],
+        output_names=["embeddings"],
+        dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "embeddings": {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+    )
 
 
 def export_torchscript(net: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -56,8 +67,9 @@ def run_exported(path: Path, images: torch.Tensor) -> np.ndarray:
         try:
             import onnxruntime
         except ImportError:
-            raise UserFacingError("checking an ONNX export needs onnxruntime: pip install "
-                                  "'retrieval[export]' (or check=false)") from None
+            raise UserFacingError(
+                "checking an ONNX export needs onnxruntime: pip install 'retrieval[export]' (or check=false)"
+            ) from None
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(None, {"images": images.numpy()})[0]
     with torch.no_grad():

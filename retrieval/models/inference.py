@@ -1,4 +1,5 @@
 """Turning images into descriptors outside a Lightning trainer (database builds, queries)."""
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def embed_batch(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,),
-                bf16: bool = True) -> torch.Tensor:
+def embed_batch(
+    model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,), bf16: bool = True
+) -> torch.Tensor:
     """L2-normalised descriptors (float32) of a batch of normalised image tensors.
 
     With several ``scales`` the batch is resized by each factor, and the per-scale
@@ -39,29 +41,48 @@ def embed_batch(model: nn.Module, images: torch.Tensor, scales: Sequence[float] 
     total: torch.Tensor | None = None
     with torch.inference_mode(), autocast:
         for scale in scales:
-            batch = images if scale == 1.0 else F.interpolate(
-                images, scale_factor=scale, mode="bilinear", align_corners=False, antialias=True)
+            batch = (
+                images
+                if scale == 1.0
+                else F.interpolate(
+                    images, scale_factor=scale, mode="bilinear", align_corners=False, antialias=True
+                )
+            )
             descriptors = model(batch).float()
             if total is not None and descriptors.shape != total.shape:
                 raise UserFacingError(
                     f"multi-scale embedding (scales={list(scales)}) needs a global pooling: this "
                     f"model's descriptor length changes with the input size "
-                    f"({total.shape[1]} vs {descriptors.shape[1]}); use pooling=gem|mac|spoc or scales=[1.0]")
+                    f"({total.shape[1]} vs {descriptors.shape[1]}); use pooling=gem|mac|spoc or scales=[1.0]"
+                )
             total = descriptors if total is None else total + descriptors
     return F.normalize(total, p=2, dim=1)
 
 
-def embed_dataset(model: nn.Module, dataset: Dataset, batch_size: int = 32, num_workers: int = 0,
-                  device: str | torch.device = "auto", scales: Sequence[float] = (1.0,),
-                  progress: bool = True, description: str = "embedding", bf16: bool = True) -> np.ndarray:
+def embed_dataset(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str | torch.device = "auto",
+    scales: Sequence[float] = (1.0,),
+    progress: bool = True,
+    description: str = "embedding",
+    bf16: bool = True,
+) -> np.ndarray:
     """Descriptors of every image of ``dataset`` (yielding ``(tensor, index)``), float32
     ``(len(dataset), dim)`` in dataset order."""
     if len(dataset) == 0:
         raise UserFacingError("there are no images to embed")
     device = resolve_device(device)
     model = model.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
     out: np.ndarray | None = None
     batches = track(loader, description=description, total=len(loader), disable=not progress)
     for images, indices in batches:

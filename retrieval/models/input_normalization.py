@@ -6,6 +6,7 @@ with: ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) for torchvision-s
 queries, the app and export all take it from here, and checkpoints and databases store
 it, so serving can never normalise differently from training.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -32,7 +33,9 @@ class InputNormalization:
         """The normalisation timm's pretrained config gives architecture ``name``."""
         pretrained_cfg = timm.get_pretrained_cfg(name)
         if pretrained_cfg is None:
-            raise WeightsError(f"timm has no model '{name}' (model.net.backbone.name; see timm.list_models())")
+            raise WeightsError(
+                f"timm has no model '{name}' (model.net.backbone.name; see timm.list_models())"
+            )
         return cls.from_data_config(resolve_data_config(pretrained_cfg=pretrained_cfg.to_dict()))
 
     @classmethod
@@ -45,11 +48,16 @@ class InputNormalization:
 
     @classmethod
     def from_data_config(cls, config: Mapping) -> InputNormalization:
-        return cls(tuple(float(v) for v in config["mean"]), tuple(float(v) for v in config["std"]),
-                   str(config.get("interpolation", "bilinear")))
+        return cls(
+            tuple(float(v) for v in config["mean"]),
+            tuple(float(v) for v in config["std"]),
+            str(config.get("interpolation", "bilinear")),
+        )
 
     def to_dict(self) -> dict:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+        return {
+            key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, stored: Mapping) -> InputNormalization:

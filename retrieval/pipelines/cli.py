@@ -6,6 +6,7 @@ Users add their own config folders through Hydra's search path, e.g.
 ``retrieval-train --config-dir my_configs dataset=my_set`` or
 ``hydra.searchpath=[file://my_configs]``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -38,9 +39,12 @@ def translate_argv(argv: list[str], flags: Mapping[str, str], verbs: Mapping[str
     return out
 
 
-def hydra_command(config_name: str, job: Callable[[DictConfig], Any],
-                  flags: Mapping[str, str] | None = None,
-                  verbs: Mapping[str, str] | None = None) -> Callable[[], Any]:
+def hydra_command(
+    config_name: str,
+    job: Callable[[DictConfig], Any],
+    flags: Mapping[str, str] | None = None,
+    verbs: Mapping[str, str] | None = None,
+) -> Callable[[], Any]:
     """A console-script ``main()`` that composes ``configs/<config_name>.yaml`` with the
     command line and runs ``job(cfg)``; a :class:`~retrieval.utils.errors.UserFacingError`
     becomes one paragraph on stderr and exit code 2. The job's return value is returned
@@ -51,8 +55,9 @@ def hydra_command(config_name: str, job: Callable[[DictConfig], Any],
         register_resolvers()  # submitit jobs unpickle this function in a fresh process
         return job(cfg)
 
-    entry = hydra.main(version_base="1.3", config_path=CONFIG_PATH,
-                       config_name=config_name)(exit_on_user_error(run_job))
+    entry = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(
+        exit_on_user_error(run_job)
+    )
 
     def main(cfg: DictConfig | None = None) -> Any:
         if cfg is not None:  # a composed config (tests, notebooks): Hydra runs the job as it is

@@ -5,6 +5,7 @@ the whitening, write the artifact (:class:`~retrieval.serving.database.DatabaseA
         [whitening.dim=512] [whitening.enabled=false] [whitening.fit_on_database=DIR]
         [dtype=float32] [overwrite=true]
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,13 @@ from retrieval.models.inference import embed_dataset
 from retrieval.pipelines.build import build_datamodule, build_model
 from retrieval.pipelines.cli import hydra_command
 from retrieval.pipelines.variants import pretrained
-from retrieval.serving.database import (BUILD_HINT, DatabaseArtifact, DatabaseError, check_target,
-                                        load_database)
+from retrieval.serving.database import (
+    BUILD_HINT,
+    DatabaseArtifact,
+    DatabaseError,
+    check_target,
+    load_database,
+)
 from retrieval.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -41,20 +47,29 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
-def _fit_whitening(cfg: DictConfig, embeddings: np.ndarray, checkpoint_sha256: str | None) -> tuple[Whitening, dict]:
+def _fit_whitening(
+    cfg: DictConfig, embeddings: np.ndarray, checkpoint_sha256: str | None
+) -> tuple[Whitening, dict]:
     """Fit on this database's ``embeddings``, or on those of the database directory
     ``cfg.fit_on_database`` (built with the same checkpoint, unwhitened: leak-free)."""
     source = "database"
     if cfg.fit_on_database:
         other = load_database(cfg.fit_on_database)
         if other.whitening is not None or other.checkpoint_sha256 != checkpoint_sha256:
-            raise DatabaseError(f"whitening.fit_on_database={other.path} must be a database built with "
-                                f"the same checkpoint and whitening.enabled=false")
+            raise DatabaseError(
+                f"whitening.fit_on_database={other.path} must be a database built with "
+                f"the same checkpoint and whitening.enabled=false"
+            )
         embeddings, source = other.embeddings.astype(np.float32), f"{other.dataset} ({other.path})"
-    whitening = fit_whitening(embeddings, dim=cfg.dim, power=cfg.power, shrinkage=cfg.shrinkage,
-                              random_state=cfg.random_state)
-    return whitening, {"power": whitening.power, "shrinkage": whitening.shrinkage,
-                       "fit_on": source, "fit_count": len(embeddings)}
+    whitening = fit_whitening(
+        embeddings, dim=cfg.dim, power=cfg.power, shrinkage=cfg.shrinkage, random_state=cfg.random_state
+    )
+    return whitening, {
+        "power": whitening.power,
+        "shrinkage": whitening.shrinkage,
+        "fit_on": source,
+        "fit_count": len(embeddings),
+    }
 
 
 def _evaluation_root(datamodule) -> str | None:
@@ -68,9 +83,11 @@ def _evaluation_root(datamodule) -> str | None:
 def build_database(cfg: DictConfig) -> Path:
     """Embed ``cfg.dataset``'s database images with ``cfg.ckpt_path`` and write the artifact."""
     if not cfg.ckpt_path and not pretrained(cfg):
-        raise UserFacingError("a database needs the network's weights: ckpt_path=CKPT (a trained "
-                              "checkpoint) or pretrained backbone weights (model.net.backbone.weights=imagenet|FILE); "
-                              "a random network could not be rebuilt for queries")
+        raise UserFacingError(
+            "a database needs the network's weights: ckpt_path=CKPT (a trained "
+            "checkpoint) or pretrained backbone weights (model.net.backbone.weights=imagenet|FILE); "
+            "a random network could not be rebuilt for queries"
+        )
     check_target(Path(cfg.db_dir).expanduser().resolve(), cfg.overwrite)  # before the long part
     datamodule = build_datamodule(cfg)
     datamodule.val_triplets = False
@@ -82,23 +99,39 @@ def build_database(cfg: DictConfig) -> Path:
         load_weights(model, ckpt)
     sha = file_sha256(ckpt) if ckpt is not None else None
     dataset = datamodule.database_dataset()
-    embeddings = embed_dataset(model, dataset, cfg.embed.batch_size, cfg.embed.num_workers,
-                               cfg.embed.device, tuple(cfg.embed.scales), description="database")
-    whitening, info = (_fit_whitening(cfg.whitening, embeddings, sha) if cfg.whitening.enabled
-                       else (None, {}))
+    embeddings = embed_dataset(
+        model,
+        dataset,
+        cfg.embed.batch_size,
+        cfg.embed.num_workers,
+        cfg.embed.device,
+        tuple(cfg.embed.scales),
+        description="database",
+    )
+    whitening, info = _fit_whitening(cfg.whitening, embeddings, sha) if cfg.whitening.enabled else (None, {})
     vectors = whitening.apply(embeddings) if whitening is not None else embeddings
     artifact = DatabaseArtifact(
-        embeddings=vectors.astype(cfg.dtype), image_paths=[str(Path(p).resolve()) for p in dataset.paths],
-        image_names=list(datamodule.eval_gt.image_names), dataset=datamodule.eval_gt.name,
+        embeddings=vectors.astype(cfg.dtype),
+        image_paths=[str(Path(p).resolve()) for p in dataset.paths],
+        image_names=list(datamodule.eval_gt.image_names),
+        dataset=datamodule.eval_gt.name,
         image_root=_evaluation_root(datamodule),
-        model_config=OmegaConf.to_container(cfg.model, resolve=True), image_size=int(cfg.dataset.image_size),
+        model_config=OmegaConf.to_container(cfg.model, resolve=True),
+        image_size=int(cfg.dataset.image_size),
         input_normalization=model.net.input_normalization,
-        checkpoint=str(ckpt) if ckpt else None, checkpoint_sha256=sha, whitening=whitening,
-        whitening_info=info, scales=tuple(float(s) for s in cfg.embed.scales),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), versions=_library_versions())
+        checkpoint=str(ckpt) if ckpt else None,
+        checkpoint_sha256=sha,
+        whitening=whitening,
+        whitening_info=info,
+        scales=tuple(float(s) for s in cfg.embed.scales),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        versions=_library_versions(),
+    )
     path = artifact.write(cfg.db_dir, overwrite=cfg.overwrite)
-    print(f"database of {len(vectors)} images ({datamodule.name}, {artifact.dim}-d {cfg.dtype}"
-          f"{', PCA-whitened' if whitening else ''}) written to {path}")
+    print(
+        f"database of {len(vectors)} images ({datamodule.name}, {artifact.dim}-d {cfg.dtype}"
+        f"{', PCA-whitened' if whitening else ''}) written to {path}"
+    )
     return path
 
 

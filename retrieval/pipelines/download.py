@@ -9,6 +9,7 @@ or generate one of the embedded sets.
 
 Interrupted downloads resume; a re-run with everything in place does nothing.
 """
+
 from __future__ import annotations
 
 import sys
@@ -28,9 +29,11 @@ GENERATED = {"toy": "ground_truth", "toy_classes": "items"}  # dataset -> the no
 
 def download(cfg: DictConfig) -> Path | None:
     if cfg.get("dataset") is None:
-        print("usage: retrieval-download dataset=NAME [paths.data_dir=DIR] [mirror=URL]\n\n"
-              f"datasets (approximate download size; official sources):\n{dataset_table()}\n"
-              f"  toy, toy_classes: generated locally from scikit-image's photographs")
+        print(
+            "usage: retrieval-download dataset=NAME [paths.data_dir=DIR] [mirror=URL]\n\n"
+            f"datasets (approximate download size; official sources):\n{dataset_table()}\n"
+            f"  toy, toy_classes: generated locally from scikit-image's photographs"
+        )
         return None
     name = cfg.dataset.name
     if name in GENERATED:
@@ -38,16 +41,24 @@ def download(cfg: DictConfig) -> Path | None:
         print(f"{name}: ready in {cfg.dataset.root}")
         return Path(cfg.dataset.root)
     if name not in DATASETS:
-        raise UserFacingError(f"dataset={name} cannot be downloaded; downloadable: "
-                              f"{', '.join([*DATASETS, *GENERATED])}")
+        raise UserFacingError(
+            f"dataset={name} cannot be downloaded; downloadable: {', '.join([*DATASETS, *GENERATED])}"
+        )
     options = FetchOptions(retries=int(cfg.retries), timeout_s=float(cfg.timeout_s), quiet=bool(cfg.quiet))
     try:
-        report = download_dataset(name, cfg.paths.data_dir, mirror=cfg.mirror,
-                                  keep_archives=cfg.keep_archives, ignore_pinned=cfg.ignore_pinned,
-                                  options=options)
+        report = download_dataset(
+            name,
+            cfg.paths.data_dir,
+            mirror=cfg.mirror,
+            keep_archives=cfg.keep_archives,
+            ignore_pinned=cfg.ignore_pinned,
+            options=options,
+        )
     except KeyboardInterrupt:
-        print("\ninterrupted: partial downloads are kept; run the same command again to resume.",
-              file=sys.stderr)
+        print(
+            "\ninterrupted: partial downloads are kept; run the same command again to resume.",
+            file=sys.stderr,
+        )
         sys.exit(130)
     return report.folder
 

@@ -10,6 +10,7 @@ that the defaults reproduce the evaluation callback's numbers exactly:
 The dataset's split (``split=...``, landmark sets) decides the evaluated queries and, for
 ``fit_on=train``, the images training may see.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,13 +28,13 @@ from retrieval.evaluation.learned_whitening import fit_learned_whitening
 from retrieval.evaluation.protocols import EvaluationResult, evaluate_embeddings
 from retrieval.evaluation.query_expansion import alpha_query_expansion, database_side_augmentation
 from retrieval.evaluation.whitening import Whitening, fit_whitening
-from retrieval.pipelines.cli import hydra_command
+from retrieval.models.checkpoints import file_sha256, load_weights
+from retrieval.models.inference import embed_dataset
 from retrieval.pipelines.build import build_datamodule, build_model
+from retrieval.pipelines.cli import hydra_command
 from retrieval.pipelines.report import print_comparison
 from retrieval.pipelines.train import LEAK_WARNING
 from retrieval.pipelines.variants import Variant, compose_variants, describe, plain
-from retrieval.models.checkpoints import file_sha256, load_weights
-from retrieval.models.inference import embed_dataset
 from retrieval.tracking.embedding_plot import plot_embeddings
 from retrieval.tracking.retrieval_grid import save_retrieval_grid
 from retrieval.utils.errors import UserFacingError
@@ -53,8 +53,16 @@ class Embeddings:
     @staticmethod
     def network_key(cfg: DictConfig) -> str:
         # the seed matters: it draws the weights of an untrained network
-        return json.dumps({"net": plain(cfg.model.net), "ckpt": cfg.ckpt_path, "seed": cfg.seed,
-                           "scales": list(cfg.scales), "size": cfg.dataset.image_size}, sort_keys=True)
+        return json.dumps(
+            {
+                "net": plain(cfg.model.net),
+                "ckpt": cfg.ckpt_path,
+                "seed": cfg.seed,
+                "scales": list(cfg.scales),
+                "size": cfg.dataset.image_size,
+            },
+            sort_keys=True,
+        )
 
     def model(self, cfg: DictConfig) -> L.LightningModule:
         key = self.network_key(cfg)
@@ -71,8 +79,15 @@ class Embeddings:
         key = (self.network_key(cfg), tuple(map(str, images.paths)), tuple(images.bboxes))
         if key not in self._vectors:
             self._vectors[key] = embed_dataset(
-                self.model(cfg), images, cfg.embed.batch_size, cfg.embed.num_workers, cfg.embed.device,
-                tuple(float(s) for s in cfg.scales), description=description, bf16=cfg.embed.bf16)
+                self.model(cfg),
+                images,
+                cfg.embed.batch_size,
+                cfg.embed.num_workers,
+                cfg.embed.device,
+                tuple(float(s) for s in cfg.scales),
+                description=description,
+                bf16=cfg.embed.bf16,
+            )
         return self._vectors[key]
 
 
@@ -82,18 +97,23 @@ def training_images(datamodule) -> tuple[ImageListDataset, np.ndarray]:
     held-out landmark), and their indices in that dataset."""
     gt = datamodule.gt
     keep = np.setdiff1d(np.arange(len(gt.image_paths)), datamodule.split.held_out_images)
-    return ImageListDataset([gt.image_paths[i] for i in keep], eval_transform(datamodule.image_size, datamodule.normalization)), keep
+    return ImageListDataset(
+        [gt.image_paths[i] for i in keep], eval_transform(datamodule.image_size, datamodule.normalization)
+    ), keep
 
 
 def training_anchors(datamodule) -> ImageListDataset:
     """The training queries, cropped as training crops its anchors."""
     queries = datamodule.gt.queries
     bboxes = [q.bbox if datamodule.train_anchor_crop else None for q in queries]
-    return ImageListDataset([q.path for q in queries], eval_transform(datamodule.image_size, datamodule.normalization), bboxes)
+    return ImageListDataset(
+        [q.path for q in queries], eval_transform(datamodule.image_size, datamodule.normalization), bboxes
+    )
 
 
-def fit_variant_whitening(cfg: DictConfig, datamodule, embed: Embeddings,
-                          database: np.ndarray) -> tuple[Whitening | None, dict]:
+def fit_variant_whitening(
+    cfg: DictConfig, datamodule, embed: Embeddings, database: np.ndarray
+) -> tuple[Whitening | None, dict]:
     w = cfg.whitening  # settings checked by compose_variants
     if w.fit_on == "none":
         return None, {}
@@ -111,7 +131,9 @@ def fit_variant_whitening(cfg: DictConfig, datamodule, embed: Embeddings,
     anchors = embed(cfg, training_anchors(datamodule), "training queries")
     # rows: the training images, then the training queries
     rows = np.stack([len(keep) + pairs[:, 0], np.searchsorted(keep, pairs[:, 1])], axis=1)
-    whitening = fit_learned_whitening(np.concatenate([descriptors, anchors]), rows, w.dim, w.power, w.shrinkage)
+    whitening = fit_learned_whitening(
+        np.concatenate([descriptors, anchors]), rows, w.dim, w.power, w.shrinkage
+    )
     return whitening, {"count": len(descriptors) + len(anchors), "pairs": len(rows)}
 
 
@@ -120,9 +142,12 @@ def check_supported(variant: Variant, datamodule) -> None:
     database apart from the queries: only PCA whitening on the gallery applies there."""
     cfg = variant.cfg
     if datamodule.eval_gt.protocol == "leave_one_out" and (
-            cfg.whitening.fit_on == "train" or cfg.qe.n or cfg.dba.n):
-        raise UserFacingError(f"{variant.name}: on a class-labelled set (leave-one-out) only "
-                              f"whitening.fit_on=none|database applies; αQE, DBA and fit_on=train do not")
+        cfg.whitening.fit_on == "train" or cfg.qe.n or cfg.dba.n
+    ):
+        raise UserFacingError(
+            f"{variant.name}: on a class-labelled set (leave-one-out) only "
+            f"whitening.fit_on=none|database applies; αQE, DBA and fit_on=train do not"
+        )
 
 
 def evaluate_variant(variant: Variant, datamodule, embed: Embeddings) -> tuple[EvaluationResult, dict]:
@@ -138,21 +163,35 @@ def evaluate_variant(variant: Variant, datamodule, embed: Embeddings) -> tuple[E
     return evaluate_embeddings(queries, database, datamodule.eval_gt, cfg.ks), fitted
 
 
-def _entry(variant: Variant, result: EvaluationResult, whitening: dict, query_names: list[str],
-           checkpoint_sha256: str | None) -> dict:
+def _entry(
+    variant: Variant,
+    result: EvaluationResult,
+    whitening: dict,
+    query_names: list[str],
+    checkpoint_sha256: str | None,
+) -> dict:
     """A variant's record in the JSON report."""
     cfg = variant.cfg
     return {
-        "setup": describe(cfg, whitening.get("dim")), "overrides": list(variant.overrides),
-        "checkpoint": cfg.ckpt_path, "checkpoint_sha256": checkpoint_sha256, "scales": list(cfg.scales),
-        "whitening": whitening or None, "dba": plain(cfg.dba) if cfg.dba.n else None,
-        "qe": plain(cfg.qe) if cfg.qe.n else None, "metrics": result.metrics,
-        "per_query_ap": {setup: {n: (None if np.isnan(ap) else float(ap)) for n, ap in zip(query_names, aps)}
-                         for setup, aps in result.per_query_ap.items()},
+        "setup": describe(cfg, whitening.get("dim")),
+        "overrides": list(variant.overrides),
+        "checkpoint": cfg.ckpt_path,
+        "checkpoint_sha256": checkpoint_sha256,
+        "scales": list(cfg.scales),
+        "whitening": whitening or None,
+        "dba": plain(cfg.dba) if cfg.dba.n else None,
+        "qe": plain(cfg.qe) if cfg.qe.n else None,
+        "metrics": result.metrics,
+        "per_query_ap": {
+            setup: {n: (None if np.isnan(ap) else float(ap)) for n, ap in zip(query_names, aps)}
+            for setup, aps in result.per_query_ap.items()
+        },
     }
 
 
-def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = (), config_name: str = "evaluate") -> dict:
+def evaluate(
+    cfg: DictConfig, overrides: list[str] | tuple[str, ...] = (), config_name: str = "evaluate"
+) -> dict:
     """Evaluate the run's config and every ``cfg.compare`` variant; ``overrides`` are the
     run's command-line overrides, which every variant starts from."""
     L.seed_everything(cfg.seed, workers=True)
@@ -173,16 +212,27 @@ def evaluate(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = (), confi
         entries[variant.name] = _entry(variant, results[variant.name], whitening, names, hashes.get(ckpt))
 
     protocol = results[variants[0].name].protocol
-    print_comparison({name: (entry["setup"], entry["metrics"]) for name, entry in entries.items()},
-                     f"{datamodule.name}: {protocol} protocol (%)", protocol)
+    print_comparison(
+        {name: (entry["setup"], entry["metrics"]) for name, entry in entries.items()},
+        f"{datamodule.name}: {protocol} protocol (%)",
+        protocol,
+    )
     if datamodule.evaluates_on_training_anchors and any(
-            v.cfg.ckpt_path or v.cfg.whitening.fit_on == "train" for v in variants):
+        v.cfg.ckpt_path or v.cfg.whitening.fit_on == "train" for v in variants
+    ):
         print(LEAK_WARNING)
     if cfg.get("embedding_plot"):  # plots of the run's own row, beside metrics.json
         own, out_dir = results[variants[0].name], Path(cfg.output_json).parent
-        for plot in (plot_embeddings(own, datamodule.eval_gt, out_dir / f"embeddings_{cfg.embedding_plot}.png",
-                                     method=cfg.embedding_plot, seed=cfg.seed),
-                     save_retrieval_grid(own, datamodule.eval_gt, out_dir / "retrieval_grid.png")):
+        for plot in (
+            plot_embeddings(
+                own,
+                datamodule.eval_gt,
+                out_dir / f"embeddings_{cfg.embedding_plot}.png",
+                method=cfg.embedding_plot,
+                seed=cfg.seed,
+            ),
+            save_retrieval_grid(own, datamodule.eval_gt, out_dir / "retrieval_grid.png"),
+        ):
             if plot is not None:
                 print(f"plot written to {plot}")
 

@@ -7,6 +7,7 @@ The exported graph maps ``images (B, 3, H, W)``, normalised with the backbone's 
 L2-normalised ``embeddings (B, D)``; batch size and image size stay dynamic. PCA whitening
 is not part of it: it lives in the database artifact.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from retrieval.models.checkpoints import load_weights
-from retrieval.models.export import (SUFFIXES, export_onnx, export_torchscript, max_abs_difference,
-                                     write_preprocessing)
+from retrieval.models.export import (
+    SUFFIXES,
+    export_onnx,
+    export_torchscript,
+    max_abs_difference,
+    write_preprocessing,
+)
 from retrieval.pipelines.cli import hydra_command
 from retrieval.utils.errors import UserFacingError
 
@@ -45,12 +51,16 @@ def export(cfg: DictConfig) -> Path:
         print(f"parity: max |exported - pytorch| = {difference:.2e} over 3 images (atol {cfg.atol})")
         if difference > cfg.atol:
             tmp.unlink()
-            raise UserFacingError(f"the {cfg.format} export differs from PyTorch by {difference:.2e} "
-                                  f"(> atol={cfg.atol}); nothing was written")
+            raise UserFacingError(
+                f"the {cfg.format} export differs from PyTorch by {difference:.2e} "
+                f"(> atol={cfg.atol}); nothing was written"
+            )
     tmp.replace(output)
     sidecar = write_preprocessing(output, net.input_normalization, int(cfg.image_size))
-    print(f"{cfg.format} model written to {output}; its input normalisation (mean "
-          f"{list(net.input_normalization.mean)}, std {list(net.input_normalization.std)}) to {sidecar}")
+    print(
+        f"{cfg.format} model written to {output}; its input normalisation (mean "
+        f"{list(net.input_normalization.mean)}, std {list(net.input_normalization.std)}) to {sidecar}"
+    )
     return output
 
 

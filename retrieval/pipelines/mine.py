@@ -6,6 +6,7 @@
 Training mines the same cache automatically when it is missing; this command lets a
 long mining run happen (and resume after an interruption) on its own.
 """
+
 import logging
 from pathlib import Path
 
@@ -24,18 +25,24 @@ log = logging.getLogger(__name__)
 def mine(cfg: DictConfig) -> None:
     datamodule = instantiate(cfg.dataset)
     if not isinstance(datamodule, LandmarkDataModule):
-        raise UserFacingError(f"dataset={cfg.dataset.name} is class-labelled: its triplets are mined "
-                              f"inside each P×K batch during training (batch_miner=all|batch_hard|"
-                              f"semi_hard), there are no negative pools to mine ahead")
+        raise UserFacingError(
+            f"dataset={cfg.dataset.name} is class-labelled: its triplets are mined "
+            f"inside each P×K batch during training (batch_miner=all|batch_hard|"
+            f"semi_hard), there are no negative pools to mine ahead"
+        )
     source: NegativePoolSource | EpochNegativePoolSource = instantiate(cfg.mining)
     if isinstance(source, EpochNegativePoolSource):
-        raise UserFacingError("mining=current_model re-mines the pools with the network being trained, "
-                              "at every epoch of training: there is nothing to mine ahead")
+        raise UserFacingError(
+            "mining=current_model re-mines the pools with the network being trained, "
+            "at every epoch of training: there is nothing to mine ahead"
+        )
     gt = datamodule.read_ground_truth()
     pools = source(gt, cache_dir=Path(cfg.paths.cache_dir) / gt.name)
     sizes = np.array([len(p) for p in pools])
-    print(f"{gt.name}: {len(pools)} queries, pool sizes min {sizes.min()} / mean {sizes.mean():.0f} "
-          f"/ max {sizes.max()}; cached under {Path(cfg.paths.cache_dir) / gt.name}")
+    print(
+        f"{gt.name}: {len(pools)} queries, pool sizes min {sizes.min()} / mean {sizes.mean():.0f} "
+        f"/ max {sizes.max()}; cached under {Path(cfg.paths.cache_dir) / gt.name}"
+    )
 
 
 main = hydra_command("mine", mine)

@@ -1,8 +1,9 @@
 """Query a database with one image: the top-k database images, best first.
 
-    retrieval-query image=PATH db=DIR [k=10] [bbox=[x1,y1,x2,y2]] [--json]
-        [search=ivfpq] [ckpt_path=FILE (if the database's checkpoint moved)] [device=cpu]
+retrieval-query image=PATH db=DIR [k=10] [bbox=[x1,y1,x2,y2]] [--json]
+    [search=ivfpq] [ckpt_path=FILE (if the database's checkpoint moved)] [device=cpu]
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,12 @@ def run_query(cfg: DictConfig) -> list[Match]:
     if cfg.json:
         print(json.dumps([asdict(m) for m in matches], indent=1))
     else:
-        Console().print(results_table(matches, f"top {len(matches)} of {len(artifact.image_paths)} "
-                                               f"({artifact.dataset}) for {cfg.image}"))
+        Console().print(
+            results_table(
+                matches,
+                f"top {len(matches)} of {len(artifact.image_paths)} ({artifact.dataset}) for {cfg.image}",
+            )
+        )
     return matches
 
 

@@ -1,4 +1,5 @@
 """Printing results for people: Rich tables of metrics."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -15,8 +16,10 @@ def metrics_table(columns: Mapping[str, Mapping[str, float]], title: str) -> Tab
         table.add_column(name, justify="right")
     names = list(dict.fromkeys(k for values in columns.values() for k in values))
     for metric in names:
-        table.add_row(metric, *(f"{100 * values[metric]:.2f}" if metric in values else "-"
-                                for values in columns.values()))
+        table.add_row(
+            metric,
+            *(f"{100 * values[metric]:.2f}" if metric in values else "-" for values in columns.values()),
+        )
     return table
 
 
@@ -32,8 +35,7 @@ def comparison_metrics(protocol: str, names: list[str]) -> list[str]:
     return [n for s in ("mAP", "mP@") for n in names if n.split("/", 1)[-1].startswith(s)]
 
 
-def comparison_table(rows: Mapping[str, tuple[str, Mapping[str, float]]], title: str,
-                     protocol: str) -> Table:
+def comparison_table(rows: Mapping[str, tuple[str, Mapping[str, float]]], title: str, protocol: str) -> Table:
     """One row per variant: its name, what it computes, its metrics in %."""
     table = Table(title=title)
     table.add_column("variant")

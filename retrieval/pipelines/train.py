@@ -1,11 +1,12 @@
 """The training run: baseline evaluation, fit, evaluation of the best checkpoint.
 
-    retrieval-train                                   # generated toy set, CPU, minutes
-    python train.py dataset=paris6k trainer=gpu       # the same command from a clone
-    retrieval-train --cfg job                         # print the composed config
-    retrieval-train -m model.optimizer.lr=1e-6,5e-6   # a grid sweep
-    retrieval-train hparams_search=optuna             # an Optuna TPE sweep of val/mAP
+retrieval-train                                   # generated toy set, CPU, minutes
+python train.py dataset=paris6k trainer=gpu       # the same command from a clone
+retrieval-train --cfg job                         # print the composed config
+retrieval-train -m model.optimizer.lr=1e-6,5e-6   # a grid sweep
+retrieval-train hparams_search=optuna             # an Optuna TPE sweep of val/mAP
 """
+
 from __future__ import annotations
 
 import json
@@ -16,17 +17,19 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from retrieval.training.evaluation_callback import RetrievalEvaluation
 from retrieval.pipelines.build import build_datamodule, build_model, build_trainer, instantiate_group
 from retrieval.pipelines.cli import hydra_command
 from retrieval.pipelines.report import print_metrics
 from retrieval.tracking.wandb_run import finishing_wandb_run
+from retrieval.training.evaluation_callback import RetrievalEvaluation
 
 log = logging.getLogger(__name__)
 
-LEAK_WARNING = ("note: under this split the evaluated queries are also training images, so these "
-                "numbers are optimistic; leak-free: split=cross or split=landmark_disjoint "
-                "(landmark sets), held-out images (class-labelled sets: dataset.val_fraction > 0).")
+LEAK_WARNING = (
+    "note: under this split the evaluated queries are also training images, so these "
+    "numbers are optimistic; leak-free: split=cross or split=landmark_disjoint "
+    "(landmark sets), held-out images (class-labelled sets: dataset.val_fraction > 0)."
+)
 
 
 def _find(callbacks: list, kind: type):
@@ -69,11 +72,17 @@ def train(cfg: DictConfig) -> float | None:
         for key in ("mAP", "R@1"):
             if {"untrained", "trained"} <= results.keys() and key in results["trained"]:
                 gain = results["trained"][key] - results["untrained"][key]
-                print(f"{key} untrained {results['untrained'][key]:.4f} -> trained "
-                      f"{results['trained'][key]:.4f} ({gain:+.4f})")
+                print(
+                    f"{key} untrained {results['untrained'][key]:.4f} -> trained "
+                    f"{results['trained'][key]:.4f} ({gain:+.4f})"
+                )
         out = Path(cfg.paths.output_dir) / "metrics.json"
-        out.write_text(json.dumps({"results": results, "best_checkpoint":
-                                   checkpoint.best_model_path if checkpoint else None}, indent=2))
+        out.write_text(
+            json.dumps(
+                {"results": results, "best_checkpoint": checkpoint.best_model_path if checkpoint else None},
+                indent=2,
+            )
+        )
         log.info("metrics written to %s", out)
     final = results.get("trained") or results.get("checkpoint") or {}
     key = cfg.optimized_metric.split("/", 1)[-1]

@@ -6,6 +6,7 @@ picks them (``+`` joins lists). Every variant is composed by Hydra from the run'
 command-line overrides followed by its own, so group switches (``pooling=rmac``) and
 interpolations behave exactly as on the command line, and later overrides win.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -38,7 +39,9 @@ def main_name(cfg: DictConfig) -> str:
     return "untrained (ImageNet)" if pretrained(cfg) else "untrained"
 
 
-def compose_variants(cfg: DictConfig, overrides: Sequence[str] = (), config_name: str = "evaluate") -> list[Variant]:
+def compose_variants(
+    cfg: DictConfig, overrides: Sequence[str] = (), config_name: str = "evaluate"
+) -> list[Variant]:
     """The run itself, then one variant per entry of ``cfg.compare``."""
     entries = [main_name(cfg), *map(str, cfg.compare)]
     if len(set(entries)) != len(entries):
@@ -46,8 +49,10 @@ def compose_variants(cfg: DictConfig, overrides: Sequence[str] = (), config_name
     chosen = {entry: entry.split("+") for entry in entries[1:]}
     unknown = sorted({p for parts in chosen.values() for p in parts if p not in cfg.variants})
     if unknown:  # before composing anything: a typo should not cost a run
-        raise UserFacingError(f"compare: unknown variant(s) {unknown}; known: {sorted(cfg.variants)} "
-                              f"(define more under 'variants' in configs/evaluate.yaml)")
+        raise UserFacingError(
+            f"compare: unknown variant(s) {unknown}; known: {sorted(cfg.variants)} "
+            f"(define more under 'variants' in configs/evaluate.yaml)"
+        )
     variants = [Variant(main_name(cfg), cfg)]
     check_settings(variants[0])
     dataset = plain(cfg.dataset)
@@ -57,8 +62,10 @@ def compose_variants(cfg: DictConfig, overrides: Sequence[str] = (), config_name
         variants.append(variant)
         check_settings(variant)
         if plain(variant.cfg.dataset) != dataset:
-            raise UserFacingError(f"variant {variant.name!r} changes the dataset settings: variants compare "
-                                  f"networks and post-processing on one dataset; run evaluate.py once per dataset")
+            raise UserFacingError(
+                f"variant {variant.name!r} changes the dataset settings: variants compare "
+                f"networks and post-processing on one dataset; run evaluate.py once per dataset"
+            )
     return variants
 
 
@@ -66,11 +73,15 @@ def check_settings(variant: Variant) -> None:
     """Refuse impossible post-processing settings before any image is embedded."""
     w, cfg = variant.cfg.whitening, variant.cfg
     if w.fit_on not in FIT_ON or w.kind not in KINDS:
-        raise UserFacingError(f"{variant.name}: whitening.fit_on must be one of {FIT_ON} and whitening.kind "
-                              f"one of {KINDS}, got fit_on={w.fit_on} kind={w.kind}")
+        raise UserFacingError(
+            f"{variant.name}: whitening.fit_on must be one of {FIT_ON} and whitening.kind "
+            f"one of {KINDS}, got fit_on={w.fit_on} kind={w.kind}"
+        )
     if w.kind == "learned" and w.fit_on == "database":
-        raise UserFacingError(f"{variant.name}: whitening.kind=learned learns from the training split's "
-                              f"(query, positive) pairs: set whitening.fit_on=train")
+        raise UserFacingError(
+            f"{variant.name}: whitening.kind=learned learns from the training split's "
+            f"(query, positive) pairs: set whitening.fit_on=train"
+        )
     if min(cfg.qe.n, cfg.dba.n) < 0 or not cfg.scales:
         raise UserFacingError(f"{variant.name}: qe.n and dba.n must be >= 0 and scales non-empty")
 
@@ -90,7 +101,9 @@ def describe(cfg: DictConfig, whitened_dim: int | None = None) -> str:
     w = cfg.whitening
     if w.fit_on != "none":
         kind = "Lw" if w.kind == "learned" else "PCAw"
-        extras = "".join([f" pow {w.power:g}" if w.power != 1 else "", f" shr {w.shrinkage:g}" if w.shrinkage else ""])
+        extras = "".join(
+            [f" pow {w.power:g}" if w.power != 1 else "", f" shr {w.shrinkage:g}" if w.shrinkage else ""]
+        )
         parts.append(f"{kind} {whitened_dim or w.dim} on {w.fit_on}{extras}")
     if cfg.dba.n:
         parts.append(f"DBA n={cfg.dba.n} α={cfg.dba.alpha:g}")

@@ -14,6 +14,7 @@ artifact under the final name):
   the resolved ``model`` config and image size, checkpoint path + sha256, embedding and
   whitening settings, creation time, library versions.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,8 @@ from hydra.utils import instantiate
 
 from retrieval.datamodules.transforms import eval_transform
 from retrieval.evaluation.whitening import Whitening
-from retrieval.models.input_normalization import InputNormalization
 from retrieval.models.checkpoints import file_sha256, load_weights
+from retrieval.models.input_normalization import InputNormalization
 from retrieval.utils.atomic import atomic_directory
 from retrieval.utils.errors import UserFacingError
 
@@ -79,14 +80,26 @@ class DatabaseArtifact:
             "dataset": self.dataset,
             "image_root": self.image_root,
             "images": {"paths": self.image_paths, "names": self.image_names},
-            "embedding": {"count": len(self.embeddings), "dim": self.dim,
-                          "dtype": str(self.embeddings.dtype), "scales": list(self.scales)},
-            "model": {"config": self.model_config, "image_size": self.image_size,
-                      "input_normalization": self.input_normalization.to_dict()},
+            "embedding": {
+                "count": len(self.embeddings),
+                "dim": self.dim,
+                "dtype": str(self.embeddings.dtype),
+                "scales": list(self.scales),
+            },
+            "model": {
+                "config": self.model_config,
+                "image_size": self.image_size,
+                "input_normalization": self.input_normalization.to_dict(),
+            },
             "checkpoint": {"path": self.checkpoint, "sha256": self.checkpoint_sha256},
-            "whitening": None if self.whitening is None else
-            {"file": WHITENING, "dim": self.whitening.dim, "input_dim": self.whitening.input_dim,
-             **self.whitening_info},
+            "whitening": None
+            if self.whitening is None
+            else {
+                "file": WHITENING,
+                "dim": self.whitening.dim,
+                "input_dim": self.whitening.input_dim,
+                **self.whitening_info,
+            },
             "versions": self.versions,
         }
 
@@ -115,7 +128,9 @@ def check_target(target: Path, overwrite: bool) -> None:
 
 def _read_meta(directory: Path) -> dict:
     if not directory.is_dir():
-        raise DatabaseError(f"database directory {directory} does not exist (db=DIR); build one with {BUILD_HINT}")
+        raise DatabaseError(
+            f"database directory {directory} does not exist (db=DIR); build one with {BUILD_HINT}"
+        )
     if not (directory / META).is_file():
         raise DatabaseError(f"{directory} is not a database (no {META}); build one with {BUILD_HINT}")
     try:
@@ -124,8 +139,10 @@ def _read_meta(directory: Path) -> dict:
         raise DatabaseError(f"database {directory}: {META} is not valid JSON ({error}); rebuild it") from None
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION:
-        raise DatabaseError(f"database {directory} has format version {version}, this code reads version "
-                            f"{FORMAT_VERSION}; rebuild it with {BUILD_HINT}")
+        raise DatabaseError(
+            f"database {directory} has format version {version}, this code reads version "
+            f"{FORMAT_VERSION}; rebuild it with {BUILD_HINT}"
+        )
     return meta
 
 
@@ -136,29 +153,43 @@ def load_database(directory: str | Path) -> DatabaseArtifact:
     try:
         return _artifact_from(meta, directory)
     except (KeyError, TypeError) as error:  # a hand-edited or truncated meta.json / whitening.npz
-        raise DatabaseError(f"database {directory}: {META} or {WHITENING} lacks {error}; rebuild it "
-                            f"with {BUILD_HINT}") from None
+        raise DatabaseError(
+            f"database {directory}: {META} or {WHITENING} lacks {error}; rebuild it with {BUILD_HINT}"
+        ) from None
 
 
 def _artifact_from(meta: dict, directory: Path) -> DatabaseArtifact:
     embeddings = _load_array(directory / EMBEDDINGS)
     paths, names, dim = meta["images"]["paths"], meta["images"]["names"], meta["embedding"]["dim"]
     if embeddings.ndim != 2 or embeddings.shape != (len(paths), dim) or len(names) != len(paths):
-        raise DatabaseError(f"database {directory}: {EMBEDDINGS} has shape {embeddings.shape} but {META} lists "
-                            f"{len(paths)} images of dimension {dim}; rebuild it")
+        raise DatabaseError(
+            f"database {directory}: {EMBEDDINGS} has shape {embeddings.shape} but {META} lists "
+            f"{len(paths)} images of dimension {dim}; rebuild it"
+        )
     whitening = None
     if meta["whitening"] is not None:
         with _open_npz(directory / WHITENING) as stored:
             whitening = Whitening.from_dict(stored)
     return DatabaseArtifact(
-        embeddings=embeddings, image_paths=paths, image_names=names, dataset=meta["dataset"],
-        image_root=meta.get("image_root"), model_config=meta["model"]["config"],
-        image_size=int(meta["model"]["image_size"]), checkpoint=meta["checkpoint"]["path"],
+        embeddings=embeddings,
+        image_paths=paths,
+        image_names=names,
+        dataset=meta["dataset"],
+        image_root=meta.get("image_root"),
+        model_config=meta["model"]["config"],
+        image_size=int(meta["model"]["image_size"]),
+        checkpoint=meta["checkpoint"]["path"],
         input_normalization=InputNormalization.from_dict(meta["model"]["input_normalization"]),
-        checkpoint_sha256=meta["checkpoint"]["sha256"], whitening=whitening,
-        whitening_info={k: v for k, v in (meta["whitening"] or {}).items() if k not in ("file", "dim", "input_dim")},
-        scales=tuple(meta["embedding"].get("scales", (1.0,))), created_at=meta.get("created_at", ""),
-        versions=meta.get("versions", {}), path=directory)
+        checkpoint_sha256=meta["checkpoint"]["sha256"],
+        whitening=whitening,
+        whitening_info={
+            k: v for k, v in (meta["whitening"] or {}).items() if k not in ("file", "dim", "input_dim")
+        },
+        scales=tuple(meta["embedding"].get("scales", (1.0,))),
+        created_at=meta.get("created_at", ""),
+        versions=meta.get("versions", {}),
+        path=directory,
+    )
 
 
 def _load_array(path: Path) -> np.ndarray:
@@ -167,7 +198,9 @@ def _load_array(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as error:
-        raise DatabaseError(f"database {path.parent}: {path.name} is unreadable ({error}); rebuild it") from None
+        raise DatabaseError(
+            f"database {path.parent}: {path.name} is unreadable ({error}); rebuild it"
+        ) from None
 
 
 def _open_npz(path: Path):
@@ -187,16 +220,19 @@ def load_model_for_database(artifact: DatabaseArtifact, ckpt_path: str | Path | 
     if artifact.checkpoint_sha256 is not None:
         ckpt = Path(ckpt_path or artifact.checkpoint).expanduser()
         if not ckpt.is_file():
-            raise DatabaseError(f"checkpoint {ckpt} of database {artifact.path} does not exist; pass "
-                                f"ckpt_path=FILE if it moved (it must be the same file: sha256 "
-                                f"{artifact.checkpoint_sha256[:12]}...)")
+            raise DatabaseError(
+                f"checkpoint {ckpt} of database {artifact.path} does not exist; pass "
+                f"ckpt_path=FILE if it moved (it must be the same file: sha256 "
+                f"{artifact.checkpoint_sha256[:12]}...)"
+            )
         digest = file_sha256(ckpt)
         if digest != artifact.checkpoint_sha256:
             raise CheckpointMismatchError(
                 f"database {artifact.path} was built with another checkpoint; rebuild it "
                 f"(retrieval-database build ckpt_path={ckpt} ...) or query it with "
                 f"the original checkpoint (sha256 {artifact.checkpoint_sha256[:12]}..., {ckpt} has "
-                f"{digest[:12]}...)")
+                f"{digest[:12]}...)"
+            )
         # every weight comes from the checkpoint: never download or read backbone weights
         config["net"]["backbone"]["weights"] = "none"
     model = instantiate(config)

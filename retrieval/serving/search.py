@@ -21,6 +21,7 @@ Backends (``configs/search/<name>.yaml``):
 an approximate index that finds fewer than ``k`` candidates pads with score ``-inf`` and
 index ``-1`` (as faiss does).
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,9 @@ def _faiss():
     try:
         import faiss
     except ImportError:
-        raise ImportError("this search backend needs faiss: pip install faiss-cpu "
-                          "(or use search=exact)") from None
+        raise ImportError(
+            "this search backend needs faiss: pip install faiss-cpu (or use search=exact)"
+        ) from None
     return faiss
 
 
@@ -69,7 +71,7 @@ class ExactSearch:
 
     def _numpy(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         block = max(1, _SCORE_BLOCK // len(self.vectors))
-        parts = [top_k(queries[i:i + block] @ self.vectors.T, k) for i in range(0, len(queries), block)]
+        parts = [top_k(queries[i : i + block] @ self.vectors.T, k) for i in range(0, len(queries), block)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,8 +88,16 @@ class ExactSearch:
 class IVFSearch:
     """faiss IVF with full vectors (``pq_m=None``) or PQ codes of ``pq_m`` bytes-ish."""
 
-    def __init__(self, vectors: np.ndarray, nlist: int | None = None, nprobe: int = 32,
-                 pq_m: int | None = None, pq_bits: int = 8, refine: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        nlist: int | None = None,
+        nprobe: int = 32,
+        pq_m: int | None = None,
+        pq_bits: int = 8,
+        refine: int = 0,
+        seed: int = 0,
+    ) -> None:
         faiss = _faiss()
         n, d = vectors.shape
         nlist = self._clip_nlist(nlist, n)
@@ -97,9 +107,11 @@ class IVFSearch:
         else:
             if d % pq_m:
                 raise ValueError(f"pq_m={pq_m} must divide the descriptor dimension {d}")
-            if n < 2 ** pq_bits:
-                raise ValueError(f"ivfpq with pq_bits={pq_bits} needs at least {2 ** pq_bits} vectors "
-                                 f"to train its codebooks, got {n}; use search=exact")
+            if n < 2**pq_bits:
+                raise ValueError(
+                    f"ivfpq with pq_bits={pq_bits} needs at least {2**pq_bits} vectors "
+                    f"to train its codebooks, got {n}; use search=exact"
+                )
             self.ivf = faiss.IndexIVFPQ(self.quantizer, d, nlist, pq_m, pq_bits, faiss.METRIC_INNER_PRODUCT)
         self.ivf.cp.seed = seed
         self.ivf.nprobe = min(nprobe, nlist)
@@ -108,7 +120,9 @@ class IVFSearch:
             # re-score refine * k PQ candidates with the exact vectors (a second copy in memory)
             self.index = faiss.IndexRefineFlat(self.ivf)
             self.index.k_factor = float(refine)
-        sample = np.random.default_rng(seed).permutation(n)[:max(_TRAIN_POINTS_PER_CELL * nlist, 2 ** pq_bits * 40)]
+        sample = np.random.default_rng(seed).permutation(n)[
+            : max(_TRAIN_POINTS_PER_CELL * nlist, 2**pq_bits * 40)
+        ]
         self.index.train(vectors[np.sort(sample)])
         self.index.add(vectors)
 
@@ -126,8 +140,9 @@ class IVFSearch:
 
 
 class HNSWSearch:
-    def __init__(self, vectors: np.ndarray, m: int = 32, ef_construction: int = 80,
-                 ef_search: int = 64) -> None:
+    def __init__(
+        self, vectors: np.ndarray, m: int = 32, ef_construction: int = 80, ef_search: int = 64
+    ) -> None:
         faiss = _faiss()
         self.index = faiss.IndexHNSWFlat(vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
         self.index.hnsw.efConstruction = ef_construction
@@ -140,8 +155,12 @@ class HNSWSearch:
         return self.index.search(queries, k)
 
 
-BACKENDS: dict[str, type] = {"exact": ExactSearch, "ivfflat": IVFSearch, "ivfpq": IVFSearch,
-                             "hnsw": HNSWSearch}
+BACKENDS: dict[str, type] = {
+    "exact": ExactSearch,
+    "ivfflat": IVFSearch,
+    "ivfpq": IVFSearch,
+    "hnsw": HNSWSearch,
+}
 
 
 class SearchIndex:

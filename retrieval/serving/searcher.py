@@ -4,6 +4,7 @@ The query goes through the database's own network, eval transform, scales and wh
 so its descriptor lives in the same space as the database's. The command around it is
 :mod:`retrieval.pipelines.query`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -33,9 +34,13 @@ class DatabaseSearcher:
     """A loaded database, its network and its search index: answers image queries.
     Build it once and reuse it (a web app, a batch of queries)."""
 
-    def __init__(self, artifact: DatabaseArtifact,
-                 index_factory: Callable[[np.ndarray], SearchIndex] = SearchIndex,
-                 ckpt_path: str | Path | None = None, device: str = "auto") -> None:
+    def __init__(
+        self,
+        artifact: DatabaseArtifact,
+        index_factory: Callable[[np.ndarray], SearchIndex] = SearchIndex,
+        ckpt_path: str | Path | None = None,
+        device: str = "auto",
+    ) -> None:
         self.artifact = artifact
         self.device = resolve_device(device)
         model, self.transform = load_model_for_database(artifact, ckpt_path)
@@ -60,8 +65,11 @@ class DatabaseSearcher:
         """The top-``k`` matches of one searchable vector ``(1, dim)`` (from :meth:`embed`)."""
         scores, indices = self.index.search(vector, k)
         a = self.artifact
-        return [Match(rank, float(s), int(i), a.image_names[i], a.image_paths[i])
-                for rank, (s, i) in enumerate(zip(scores[0], indices[0]), start=1) if i >= 0]
+        return [
+            Match(rank, float(s), int(i), a.image_names[i], a.image_paths[i])
+            for rank, (s, i) in enumerate(zip(scores[0], indices[0]), start=1)
+            if i >= 0
+        ]
 
 
 def _read_image(path: Path, bbox: Sequence[float] | None):

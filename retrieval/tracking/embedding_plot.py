@@ -4,6 +4,7 @@ coloured by landmark or class, queries drawn as outlined squares.
 ``project_2d`` and ``draw_scatter`` are pure; ``plot_embeddings`` takes an evaluation
 result and its ground truth and writes a PNG (used by the tracking callback and evaluate.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,9 @@ METHODS = ("tsne", "pca", "umap")
 OTHER_COLOUR: RGB = (200, 200, 200)
 
 
-def project_2d(embeddings: np.ndarray, method: str = "tsne", seed: int = 0,
-               threads: int | None = 1) -> np.ndarray:
+def project_2d(
+    embeddings: np.ndarray, method: str = "tsne", seed: int = 0, threads: int | None = 1
+) -> np.ndarray:
     """(n, d) -> (n, 2). t-SNE runs on the top 50 principal components (the usual speed-up).
 
     ``threads`` caps OpenMP/BLAS threads: beside a training process (torch already uses
@@ -53,14 +55,17 @@ def _project_2d(embeddings: np.ndarray, method: str, seed: int) -> np.ndarray:
         try:
             import umap
         except ImportError:
-            raise ImportError("embedding_method=umap needs umap-learn (pip install umap-learn); "
-                              "tsne and pca work without it") from None
+            raise ImportError(
+                "embedding_method=umap needs umap-learn (pip install umap-learn); "
+                "tsne and pca work without it"
+            ) from None
         return umap.UMAP(n_components=2, random_state=seed).fit_transform(x)
     from sklearn.manifold import TSNE
 
     perplexity = float(min(30.0, (n - 1) / 3))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                random_state=seed).fit_transform(x)
+    return TSNE(
+        n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed
+    ).fit_transform(x)
 
 
 def group_colours(groups: Sequence[str]) -> dict[str, RGB]:
@@ -71,8 +76,14 @@ def group_colours(groups: Sequence[str]) -> dict[str, RGB]:
     return colours
 
 
-def draw_scatter(points: np.ndarray, groups: Sequence[str], title: str = "", size: int = 640,
-                 highlight: Sequence[bool] | None = None, legend_width: int = 190) -> Image.Image:
+def draw_scatter(
+    points: np.ndarray,
+    groups: Sequence[str],
+    title: str = "",
+    size: int = 640,
+    highlight: Sequence[bool] | None = None,
+    legend_width: int = 190,
+) -> Image.Image:
     """Points coloured by group; ``highlight`` marks points (queries) drawn as outlined squares."""
     points = np.asarray(points, dtype=np.float64)
     highlight = np.zeros(len(points), bool) if highlight is None else np.asarray(highlight, bool)
@@ -116,9 +127,16 @@ def _subsample(n: int, max_points: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
 
 
-def plot_embeddings(result: EvaluationResult, gt: Any, path: Path | str, method: str = "tsne",
-                    max_points: int | None = 2000, seed: int = 0, title: str | None = None,
-                    include_queries: bool = True) -> Path | None:
+def plot_embeddings(
+    result: EvaluationResult,
+    gt: Any,
+    path: Path | str,
+    method: str = "tsne",
+    max_points: int | None = 2000,
+    seed: int = 0,
+    title: str | None = None,
+    include_queries: bool = True,
+) -> Path | None:
     """Write the 2-D map of ``result``'s database (and query) embeddings to ``path`` (PNG).
 
     Returns the path, or None when the result carries no embeddings."""
@@ -141,7 +159,8 @@ def plot_embeddings(result: EvaluationResult, gt: Any, path: Path | str, method:
     points = project_2d(np.concatenate(vectors), method, seed)
     name = truth.name if truth is not None else ""
     title = title or f"{name}: {method} of {len(keep)} database embeddings" + (
-        f" + {sum(is_query)} queries" if any(is_query) else "")
+        f" + {sum(is_query)} queries" if any(is_query) else ""
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     draw_scatter(points, labels, title, highlight=is_query).save(path)

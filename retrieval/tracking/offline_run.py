@@ -5,6 +5,7 @@ Since wandb's Go core, an offline run keeps its config, history and summary only
 longer ships a reader for it. This small reader lets tests, and users on machines without
 network, check what a run holds before ``wandb sync``.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,7 @@ def _payloads(data: bytes):
         _, length, kind = _RECORD.unpack_from(data, pos)
         if kind == 0 and length == 0:
             break  # preallocated tail
-        chunk = data[pos + _RECORD.size:pos + _RECORD.size + length]
+        chunk = data[pos + _RECORD.size : pos + _RECORD.size + length]
         pos += _RECORD.size + length
         pending = chunk if kind in (_FULL, _FIRST) else pending + chunk
         if kind in (_FULL, _LAST):

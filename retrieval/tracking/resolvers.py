@@ -1,4 +1,5 @@
 """OmegaConf resolvers the configs use; registered by the entry scripts."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ Frames: green = a positive (good / ok, easy / hard, or the same class), grey = j
 (ignored by the metric), red = wrong. ``draw_retrieval_grid`` is pure drawing on images;
 ``build_grid_rows`` turns an evaluation result into rows.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,7 @@ GREY: RGB = (160, 160, 160)
 RED: RGB = (220, 30, 30)
 BLUE: RGB = (0, 90, 200)  # the query
 BOX: RGB = (255, 210, 0)  # the query's bounding box
-COLOURS: dict[str, RGB] = {**{name: GREEN for name in POSITIVE_LABELS},
-                           JUNK: GREY, WRONG: RED, "query": BLUE}
+COLOURS: dict[str, RGB] = {**{name: GREEN for name in POSITIVE_LABELS}, JUNK: GREY, WRONG: RED, "query": BLUE}
 LEGEND = (("query", BLUE), ("positive", GREEN), ("junk", GREY), ("wrong", RED))
 MARGIN, CAPTION, HEADER, GAP = 8, 16, 22, 14  # caption row, title/legend row, query | results gap
 
@@ -59,8 +59,9 @@ def thumbnail(image: Image.Image, size: int, bbox: Sequence[float] | None = None
     return square
 
 
-def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, cell: Cell, x: int, y: int,
-               thumb: int, border: int) -> None:
+def _draw_cell(
+    canvas: Image.Image, draw: ImageDraw.ImageDraw, cell: Cell, x: int, y: int, thumb: int, border: int
+) -> None:
     colour = COLOURS.get(cell.label, GREY)
     draw.rectangle([x, y, x + thumb + 2 * border - 1, y + thumb + 2 * border - 1], fill=colour)
     canvas.paste(thumbnail(cell.image, thumb), (x + border, y + border))
@@ -75,8 +76,9 @@ def cell_origin(row: int, column: int, thumb: int = 96, border: int = 4) -> tupl
     return x, MARGIN + HEADER + row * (cell_w + CAPTION + 6)
 
 
-def draw_retrieval_grid(rows: Sequence[Row], thumb: int = 96, border: int = 4,
-                        title: str = "") -> Image.Image:
+def draw_retrieval_grid(
+    rows: Sequence[Row], thumb: int = 96, border: int = 4, title: str = ""
+) -> Image.Image:
     """Rows of query + results; a title and a colour legend on top."""
     if not rows:
         raise ValueError("no rows to draw")
@@ -107,8 +109,9 @@ def _open(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def build_grid_rows(result: EvaluationResult, gt: Any, queries: Sequence[int], top_k: int,
-                    thumb: int = 96) -> list[Row] | None:
+def build_grid_rows(
+    result: EvaluationResult, gt: Any, queries: Sequence[int], top_k: int, thumb: int = 96
+) -> list[Row] | None:
     """Grid rows for ``queries``, or None when the ground truth is of a kind we cannot judge
     (not a :class:`~retrieval.data.truth.GroundTruth`)."""
     truth = as_ground_truth(gt)
@@ -125,14 +128,23 @@ def build_grid_rows(result: EvaluationResult, gt: Any, queries: Sequence[int], t
         ap = result.per_query_ap[setup][q] if setup is not None else np.nan
         caption = ("" if np.isnan(ap) else f"AP {100 * ap:.0f} · ") + truth.query_name(q)
         query = Cell(thumbnail(_open(path), thumb, bbox), "query", caption)
-        results = [Cell(thumbnail(_open(paths[i]), thumb), label, f"{rank + 1}. {label}")
-                   for rank, (i, label) in enumerate(zip(ranked, labels))]
+        results = [
+            Cell(thumbnail(_open(paths[i]), thumb), label, f"{rank + 1}. {label}")
+            for rank, (i, label) in enumerate(zip(ranked, labels))
+        ]
         rows.append(Row(query, results))
     return rows
 
 
-def save_retrieval_grid(result: EvaluationResult, gt: Any, path: Path | str, n_queries: int = 4,
-                        top_k: int = 8, thumb: int = 96, title: str | None = None) -> Path | None:
+def save_retrieval_grid(
+    result: EvaluationResult,
+    gt: Any,
+    path: Path | str,
+    n_queries: int = 4,
+    top_k: int = 8,
+    thumb: int = 96,
+    title: str | None = None,
+) -> Path | None:
     """Draw ``n_queries`` evenly spread queries with their ``top_k`` results into ``path``
     (PNG); None when the ground truth is of a kind the grid cannot judge."""
     rows = build_grid_rows(result, gt, pick_queries(len(result.rankings), n_queries), top_k, thumb)

@@ -5,6 +5,7 @@ Offline by default: nothing leaves the machine and no run waits on the network; 
 Hydra's basic launcher runs every multirun job in one process, where a W&B run left open
 would swallow the next job's metrics: ``finishing_wandb_run`` closes it after each job.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,13 @@ def hydra_job_identity() -> JobIdentity:
         return JobIdentity()
     hc = HydraConfig.get()
     overrides = hc.job.override_dirname  # excluded keys: configs/hydra/default.yaml
-    config = {"hydra": {"choices": OmegaConf.to_container(hc.runtime.choices),
-                        "overrides": list(hc.overrides.task), "output_dir": hc.runtime.output_dir}}
+    config = {
+        "hydra": {
+            "choices": OmegaConf.to_container(hc.runtime.choices),
+            "overrides": list(hc.overrides.task),
+            "output_dir": hc.runtime.output_dir,
+        }
+    }
     if hc.mode != RunMode.MULTIRUN:
         return JobIdentity(f"[{overrides}]" if overrides else "", None, [], config)
     sweep = Path(hc.sweep.dir).name
@@ -52,10 +58,17 @@ def hydra_job_identity() -> JobIdentity:
     return JobIdentity(f"#{hc.job.num}[{overrides}]", f"{hc.job.name}-{sweep}", ["multirun"], config)
 
 
-def create_wandb_logger(project: str = "retrieval", save_dir: str = ".", mode: str = "offline",
-                        name: str | None = None, group: str | None = None,
-                        tags: Sequence[str] = (), log_model: bool | str = False,
-                        job_type: str | None = None, **kwargs: Any) -> WandbLogger:
+def create_wandb_logger(
+    project: str = "retrieval",
+    save_dir: str = ".",
+    mode: str = "offline",
+    name: str | None = None,
+    group: str | None = None,
+    tags: Sequence[str] = (),
+    log_model: bool | str = False,
+    job_type: str | None = None,
+    **kwargs: Any,
+) -> WandbLogger:
     """A Lightning WandbLogger whose name, group, tags and extra config come from Hydra.
 
     ``mode`` is passed to ``wandb.init`` rather than Lightning's ``offline`` flag: that flag
@@ -65,10 +78,18 @@ def create_wandb_logger(project: str = "retrieval", save_dir: str = ".", mode: s
     job = hydra_job_identity()
     all_tags = list(dict.fromkeys(str(t)[:MAX_TAG] for t in [*tags, *job.tags]))
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    return WandbLogger(project=project, save_dir=save_dir, name=f"{name or 'run'}{job.suffix}"[:128],
-                       group=group or job.group, tags=all_tags, log_model=log_model,
-                       mode="offline" if mode == "dryrun" else mode, job_type=job_type,
-                       config=job.config, **kwargs)
+    return WandbLogger(
+        project=project,
+        save_dir=save_dir,
+        name=f"{name or 'run'}{job.suffix}"[:128],
+        group=group or job.group,
+        tags=all_tags,
+        log_model=log_model,
+        mode="offline" if mode == "dryrun" else mode,
+        job_type=job_type,
+        config=job.config,
+        **kwargs,
+    )
 
 
 def finish_wandb_run(exit_code: int = 0) -> None:

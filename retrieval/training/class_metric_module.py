@@ -7,6 +7,7 @@ distance of ``model.loss``), optimizer/scheduler partials, ``forward`` and the e
 ``validation_step`` (``{"embeddings", "indices"}`` for the RetrievalEvaluation callback)
 are inherited, so checkpoints of both modules share one layout.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,9 +27,15 @@ class ClassMetricModule(TripletRetrievalModule):
     :mod:`retrieval.mining.in_batch`); None, or ``batch_miner=all``, trains on every valid
     triplet of the batch."""
 
-    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: OptimizerFactory,
-                 scheduler: SchedulerFactory | None = None,
-                 miner: InBatchMinerFactory | None = None, **options) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        miner: InBatchMinerFactory | None = None,
+        **options,
+    ) -> None:
         # options: the triplet module's own switches (channels_last, ...), passed through
         super().__init__(net, loss, optimizer, scheduler, **options)
         # The parent's save_hyperparameters collects the arguments of every __init__ of this

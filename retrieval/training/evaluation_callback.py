@@ -6,6 +6,7 @@ drops the duplicates that a DistributedSampler pads with, restores dataset order
 the database for every query by cosine similarity and logs the protocol's metrics.
 Class-labelled sets (leave-one-out) have one loader, the gallery: it is both.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,9 @@ class RetrievalEvaluation(L.Callback):
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._reset()
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
-                                dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx: int = 0
+    ) -> None:
         if dataloader_idx == VAL_QUERIES:
             self._queries.add(outputs)
         elif dataloader_idx == VAL_DATABASE:
@@ -79,8 +81,10 @@ class RetrievalEvaluation(L.Callback):
         queries = self._queries.ordered(pl_module, len(gt.queries))
         database = queries if gallery_only else self._database.ordered(pl_module, len(gt.image_names))
         if queries is None or database is None:
-            log.warning("retrieval metrics skipped: validation saw only part of the queries or "
-                        "database (limit_val_batches / fast_dev_run)")
+            log.warning(
+                "retrieval metrics skipped: validation saw only part of the queries or "
+                "database (limit_val_batches / fast_dev_run)"
+            )
             return
         self.last_result = evaluate_embeddings(queries, database, gt, self.ks)
         for name, value in self.last_result.metrics.items():

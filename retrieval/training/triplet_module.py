@@ -1,4 +1,5 @@
 """LightningModule training an embedding network with a triplet loss."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -19,9 +20,16 @@ class TripletRetrievalModule(L.LightningModule):
     """``net`` maps images to L2-normalised embeddings; ``loss`` takes (anchor, positive,
     negative) embeddings. Optimizer and scheduler come as partials from the config."""
 
-    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: OptimizerFactory,
-                 scheduler: SchedulerFactory | None = None, channels_last: bool = False,
-                 compile: bool = False, compile_options: dict | None = None) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_options: dict | None = None,
+    ) -> None:
         super().__init__()
         # Only plain values go into the checkpoint, so that it loads with
         # torch.load(weights_only=True): no factories (Hydra partials; the run's config holds
@@ -73,15 +81,20 @@ class TripletRetrievalModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._triplet_loss(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=batch[0].shape[0])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch[0].shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
         if dataloader_idx == VAL_TRIPLETS:
             loss = self._triplet_loss(batch)
-            self.log("val/loss", loss, prog_bar=True, batch_size=batch[0].shape[0],
-                     add_dataloader_idx=False, sync_dist=True)
+            self.log(
+                "val/loss",
+                loss,
+                prog_bar=True,
+                batch_size=batch[0].shape[0],
+                add_dataloader_idx=False,
+                sync_dist=True,
+            )
             return None
         images, indices = batch
         # the evaluation callback collects these (queries: loader 0, database: loader 1)

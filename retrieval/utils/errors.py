@@ -1,4 +1,5 @@
 """Errors that reach the user as one readable paragraph instead of a traceback wall."""
+
 from __future__ import annotations
 
 import functools

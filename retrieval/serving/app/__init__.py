@@ -6,6 +6,7 @@ results and AP, image upload, and a JSON API (FastAPI + Jinja2 templates, served
 :func:`create_app` builds the ASGI app around a :class:`SearchService` (the database, its
 network and index, loaded once); the entry point in ``__main__`` serves it.
 """
+
 from retrieval.serving.app.service import SearchService
 from retrieval.serving.app.settings import AppSettings
 from retrieval.serving.app.web import create_app

@@ -1,4 +1,5 @@
 """Reading image headers and making JPEG thumbnails (the gallery, results and upload preview)."""
+
 from __future__ import annotations
 
 import io

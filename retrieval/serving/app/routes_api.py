@@ -1,5 +1,6 @@
 """The JSON API: health, the dataset's queries, searching a dataset query or an upload.
 Errors are ``{"detail": "<a sentence>"}`` with a 4xx status (see ``web.py``)."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -59,11 +60,16 @@ def service_of(request: Request) -> SearchService:
     return request.app.state.service
 
 
-def search_result(service: SearchService, k: int, outcome: Outcome, query: dict | None = None
-                  ) -> SearchResult:
-    return SearchResult(k=k, results=[MatchRow(**row) for row in match_rows(service, outcome)],
-                        query=QueryCard(**query) if query else None, ap=outcome.ap,
-                        ap_setup=service.truth.ap_setup if query and service.truth else None)
+def search_result(
+    service: SearchService, k: int, outcome: Outcome, query: dict | None = None
+) -> SearchResult:
+    return SearchResult(
+        k=k,
+        results=[MatchRow(**row) for row in match_rows(service, outcome)],
+        query=QueryCard(**query) if query else None,
+        ap=outcome.ap,
+        ap_setup=service.truth.ap_setup if query and service.truth else None,
+    )
 
 
 async def read_upload(service: SearchService, file: UploadFile | None) -> bytes:
@@ -77,11 +83,18 @@ async def read_upload(service: SearchService, file: UploadFile | None) -> bytes:
 @router.get("/health", response_model=Health)
 def health(request: Request) -> Health:
     service = service_of(request)
-    return Health(status="ok", dataset=service.artifact.dataset, images=len(service.artifact.image_paths),
-                  dim=service.artifact.dim, queries=len(service.queries),
-                  ground_truth=service.truth.protocol if service.truth else None,
-                  ground_truth_note=service.truth_note, search_backend=service.searcher.index.backend,
-                  device=str(service.searcher.device), max_upload_bytes=service.settings.max_upload_bytes)
+    return Health(
+        status="ok",
+        dataset=service.artifact.dataset,
+        images=len(service.artifact.image_paths),
+        dim=service.artifact.dim,
+        queries=len(service.queries),
+        ground_truth=service.truth.protocol if service.truth else None,
+        ground_truth_note=service.truth_note,
+        search_backend=service.searcher.index.backend,
+        device=str(service.searcher.device),
+        max_upload_bytes=service.settings.max_upload_bytes,
+    )
 
 
 @router.get("/queries", response_model=list[QueryCard])
@@ -91,9 +104,9 @@ def queries(request: Request) -> list[QueryCard]:
 
 
 @router.get("/queries/{query_id}/search", response_model=SearchResult)
-async def search_query(request: Request, query_id: int,
-                       k: Annotated[int | None, Query(description="results to return")] = None
-                       ) -> SearchResult:
+async def search_query(
+    request: Request, query_id: int, k: Annotated[int | None, Query(description="results to return")] = None
+) -> SearchResult:
     """Search with a dataset query (cropped to its box): matches with labels, and its AP."""
     service = service_of(request)
     query, k = service.dataset_query(query_id), service.check_k(k)
@@ -102,10 +115,12 @@ async def search_query(request: Request, query_id: int,
 
 
 @router.post("/search", response_model=SearchResult)
-async def search_upload(request: Request, file: Annotated[UploadFile | None, File()] = None,
-                        k: Annotated[int | None, Form()] = None,
-                        bbox: Annotated[str | None, Form(description="x1,y1,x2,y2 (pixels)")] = None
-                        ) -> SearchResult:
+async def search_upload(
+    request: Request,
+    file: Annotated[UploadFile | None, File()] = None,
+    k: Annotated[int | None, Form()] = None,
+    bbox: Annotated[str | None, Form(description="x1,y1,x2,y2 (pixels)")] = None,
+) -> SearchResult:
     """Search with an uploaded image (multipart field ``file``), optionally cropped to ``bbox``."""
     service = service_of(request)
     k, box = service.check_k(k), parse_bbox(bbox)

@@ -1,5 +1,6 @@
 """Everything the routes need, loaded once: the database, its network and index, the
 dataset's ground truth, and a worker thread pool that runs the model off the event loop."""
+
 from __future__ import annotations
 
 import asyncio
@@ -51,8 +52,10 @@ class SearchService:
         root = artifact.image_root or os.path.commonpath(artifact.image_paths)
         self.image_root = Path(root).resolve()
         if not self.image_root.is_dir():
-            raise DatabaseError(f"the images of database {artifact.path} are not at {self.image_root} "
-                                f"(moved or deleted?); the app serves them from there")
+            raise DatabaseError(
+                f"the images of database {artifact.path} are not at {self.image_root} "
+                f"(moved or deleted?); the app serves them from there"
+            )
         self.truth, self.truth_note = load_dataset_truth(artifact, self.image_root, settings.ground_truth)
         # the only files /images serves: database and query images, by path relative to the root
         self.servable: dict[str, Path] = {}
@@ -63,8 +66,9 @@ class SearchService:
         self.executor = ThreadPoolExecutor(settings.model_threads, thread_name_prefix="retrieval-model")
 
     @classmethod
-    def load(cls, settings: AppSettings,
-             index_factory: Callable[[np.ndarray], SearchIndex] = SearchIndex) -> SearchService:
+    def load(
+        cls, settings: AppSettings, index_factory: Callable[[np.ndarray], SearchIndex] = SearchIndex
+    ) -> SearchService:
         """Load and check everything; a missing or mismatched database is a DatabaseError."""
         artifact = load_database(settings.db)
         searcher = DatabaseSearcher(artifact, index_factory, settings.ckpt_path, settings.device)
@@ -78,8 +82,9 @@ class SearchService:
 
     def dataset_query(self, query_id: int) -> QueryTruth:
         if not 0 <= query_id < len(self.queries):
-            raise RequestError(404, f"There is no dataset query {query_id} (this database has "
-                                   f"{len(self.queries)}).")
+            raise RequestError(
+                404, f"There is no dataset query {query_id} (this database has {len(self.queries)})."
+            )
         return self.queries[query_id]
 
     def url_of(self, path: str | Path) -> str | None:
@@ -106,14 +111,15 @@ class SearchService:
         vector = self.searcher.embed(query.path, bbox)
         # AP needs the whole ranking (an approximate index may return fewer: misses count 0)
         ranking = self.searcher.search_vector(vector, len(self.artifact.image_paths))
-        ap = average_precisions(np.asarray([[m.index for m in ranking]], dtype=np.int64),
-                                [query.positives], [query.junk])[0]
+        ap = average_precisions(
+            np.asarray([[m.index for m in ranking]], dtype=np.int64), [query.positives], [query.junk]
+        )[0]
         top = ranking[:k]
-        return Outcome(top, [query.label(m.index) for m in top],
-                       None if math.isnan(ap) else float(ap))
+        return Outcome(top, [query.label(m.index) for m in top], None if math.isnan(ap) else float(ap))
 
-    def search_upload(self, data: bytes, k: int, bbox: tuple[float, float, float, float] | None,
-                      preview: bool = False) -> Outcome:
+    def search_upload(
+        self, data: bytes, k: int, bbox: tuple[float, float, float, float] | None, preview: bool = False
+    ) -> Outcome:
         """The upload's matches; with ``preview``, also its size (to draw the box) and thumbnail."""
         image = decode_upload(data, self.settings.max_upload_bytes, self.settings.max_pixels)
         size = image.size
@@ -144,16 +150,21 @@ def self_check(searcher: DatabaseSearcher) -> None:
     except DatabaseError:
         raise
     except UserFacingError as error:  # the image is gone or unreadable
-        raise DatabaseError(f"database {artifact.path}: its first image cannot be read ({error}); "
-                            f"were its images moved?") from None
+        raise DatabaseError(
+            f"database {artifact.path}: its first image cannot be read ({error}); were its images moved?"
+        ) from None
     except (RuntimeError, ValueError) as error:  # descriptor length differs from the whitening's
-        raise DatabaseError(f"database {artifact.path} does not match its model: embedding {path} "
-                            f"failed ({error}); rebuild it with {BUILD_HINT}") from None
+        raise DatabaseError(
+            f"database {artifact.path} does not match its model: embedding {path} "
+            f"failed ({error}); rebuild it with {BUILD_HINT}"
+        ) from None
     same_shape = vector.shape == stored.shape
     cosine = float(vector[0] @ l2_normalize(stored)[0]) if same_shape else float("nan")
     if not cosine >= SELF_CHECK_MIN_COSINE:
-        raise DatabaseError(f"database {artifact.path} does not match its model: re-embedding {path} "
-                            f"gives a {vector.shape[1]}-d descriptor with cosine {cosine:.3f} to the "
-                            f"stored {stored.shape[1]}-d one (expected ~1). Its files changed or it "
-                            f"was built with another model; rebuild it with {BUILD_HINT}")
+        raise DatabaseError(
+            f"database {artifact.path} does not match its model: re-embedding {path} "
+            f"gives a {vector.shape[1]}-d descriptor with cosine {cosine:.3f} to the "
+            f"stored {stored.shape[1]}-d one (expected ~1). Its files changed or it "
+            f"was built with another model; rebuild it with {BUILD_HINT}"
+        )
     log.info("self-check: %s re-embeds with cosine %.4f", Path(path).name, cosine)

@@ -1,4 +1,5 @@
 """The web app's settings: one flat, typed record built from ``configs/app.yaml``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields

@@ -7,6 +7,7 @@ re-keyed by image *name*, so a ground truth whose images are not the database's 
 detected instead of silently marking the wrong images. The labels are the ground truth's
 own (:meth:`~retrieval.data.truth.GroundTruth.relevance`), as in the training plots.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,10 @@ from retrieval.utils.errors import DatasetError, UserFacingError
 
 log = logging.getLogger(__name__)
 
-AP_SETUP = {"classic": "classic protocol: good ∪ ok, junk ignored",
-            "revisited": "Medium: easy ∪ hard, junk ignored"}
+AP_SETUP = {
+    "classic": "classic protocol: good ∪ ok, junk ignored",
+    "revisited": "Medium: easy ∪ hard, junk ignored",
+}
 
 
 @dataclass(frozen=True)
@@ -75,20 +78,26 @@ def _rekey(gt: RetrievalGroundTruth, artifact: DatabaseArtifact) -> DatasetTruth
     position = {name: i for i, name in enumerate(artifact.image_names)}
     unknown = [n for n in gt.image_names if n not in position]
     if unknown:
-        raise DatasetError(f"its {len(gt.image_names)} images are not this database's "
-                           f"{len(artifact.image_names)} (e.g. {unknown[:3]} are not in it)")
+        raise DatasetError(
+            f"its {len(gt.image_names)} images are not this database's "
+            f"{len(artifact.image_names)} (e.g. {unknown[:3]} are not in it)"
+        )
     to_db = np.asarray([position[n] for n in gt.image_names], dtype=np.int64)
     queries = []
     for qid, q in enumerate(gt.queries):
         labelled = q.labelled
         labels = dict(zip(to_db[labelled].tolist(), gt.relevance(qid, labelled)))
-        queries.append(QueryTruth(qid, q.name, q.landmark, Path(q.path), q.bbox, labels,
-                                  to_db[q.positives], to_db[q.junk]))
+        queries.append(
+            QueryTruth(
+                qid, q.name, q.landmark, Path(q.path), q.bbox, labels, to_db[q.positives], to_db[q.junk]
+            )
+        )
     return DatasetTruth(gt.protocol, queries)
 
 
-def load_dataset_truth(artifact: DatabaseArtifact, root: Path, mode: str = "auto"
-                       ) -> tuple[DatasetTruth | None, str]:
+def load_dataset_truth(
+    artifact: DatabaseArtifact, root: Path, mode: str = "auto"
+) -> tuple[DatasetTruth | None, str]:
     """``(ground truth or None, a sentence saying which one and why)``.
 
     ``mode`` "auto" finds the format from the files and runs without marks when there is

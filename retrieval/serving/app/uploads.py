@@ -5,6 +5,7 @@ Nothing is written under a name: Starlette spools a multipart file part to an an
 temporary file past 1 MB (unlinked at creation on POSIX, closed after the request), and
 the bytes are then decoded from memory. No folder of uploads grows.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,7 +32,7 @@ class RequestError(Exception):
 
 
 def human_size(n: int) -> str:
-    return f"{n / 2 ** 20:.1f} MB" if n >= 2 ** 20 else f"{n / 2 ** 10:.1f} kB"
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} kB"
 
 
 def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
@@ -46,8 +47,9 @@ def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
-        raise RequestError(415, "The file is not an image this app reads (JPEG, PNG, WebP, BMP, GIF "
-                                "or TIFF).") from None
+        raise RequestError(
+            415, "The file is not an image this app reads (JPEG, PNG, WebP, BMP, GIF or TIFF)."
+        ) from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
         raise RequestError(413, f"The image is refused as a decompression bomb ({error}).") from None
     except (OSError, SyntaxError, ValueError) as error:  # a header cut short
@@ -55,8 +57,11 @@ def decode_upload(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     # the header is read, the pixels are not: check the canvas before decoding it
     width, height = image.size
     if width * height > max_pixels:
-        raise RequestError(413, f"The image is {width}x{height} pixels ({width * height / 1e6:.0f} MP); "
-                               f"the limit is {max_pixels / 1e6:.0f} MP.")
+        raise RequestError(
+            413,
+            f"The image is {width}x{height} pixels ({width * height / 1e6:.0f} MP); "
+            f"the limit is {max_pixels / 1e6:.0f} MP.",
+        )
     try:
         return image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt pixel data
@@ -72,8 +77,9 @@ def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
     except ValueError:
         values = ()
     if len(values) != 4 or not (values[2] > values[0] and values[3] > values[1]):
-        raise RequestError(422, f"The box must be 'x1,y1,x2,y2' pixels with x2 > x1 and y2 > y1, "
-                                f"got {text!r}.")
+        raise RequestError(
+            422, f"The box must be 'x1,y1,x2,y2' pixels with x2 > x1 and y2 > y1, got {text!r}."
+        )
     return tuple(values)  # type: ignore[return-value]
 
 

@@ -1,5 +1,6 @@
 """What pages and JSON show of a search: one row per match, one card per query, URLs of
 images. Shared by the HTML and JSON routes, so both say the same thing."""
+
 from __future__ import annotations
 
 import base64
@@ -19,18 +20,31 @@ def match_rows(service: SearchService, outcome: Outcome) -> list[dict]:
     rows = []
     for match, label in zip(outcome.matches, outcome.labels or [None] * len(outcome.matches)):
         relative = service.url_of(match.path)
-        rows.append({"rank": match.rank, "score": round(match.score, 6), "index": match.index,
-                     "name": match.name, "label": label, "image_url": image_url(relative),
-                     "thumbnail_url": image_url(relative, thumb=True)})
+        rows.append(
+            {
+                "rank": match.rank,
+                "score": round(match.score, 6),
+                "index": match.index,
+                "name": match.name,
+                "label": label,
+                "image_url": image_url(relative),
+                "thumbnail_url": image_url(relative, thumb=True),
+            }
+        )
     return rows
 
 
 def query_card(service: SearchService, query: QueryTruth) -> dict:
     relative = service.url_of(query.path)
-    return {"id": query.id, "name": query.name, "landmark": query.landmark,
-            "bbox": list(query.bbox) if query.bbox is not None else None,
-            "positives": len(query.positives), "image_url": image_url(relative),
-            "thumbnail_url": image_url(relative, thumb=True)}
+    return {
+        "id": query.id,
+        "name": query.name,
+        "landmark": query.landmark,
+        "bbox": list(query.bbox) if query.bbox is not None else None,
+        "positives": len(query.positives),
+        "image_url": image_url(relative),
+        "thumbnail_url": image_url(relative, thumb=True),
+    }
 
 
 def box_style(bbox, size: tuple[int, int] | None) -> str | None:
@@ -40,8 +54,9 @@ def box_style(bbox, size: tuple[int, int] | None) -> str | None:
     width, height = size
     x1, y1 = max(bbox[0], 0) / width, max(bbox[1], 0) / height
     x2, y2 = min(bbox[2], width) / width, min(bbox[3], height) / height
-    return (f"left:{100 * x1:.2f}%;top:{100 * y1:.2f}%;"
-            f"width:{100 * (x2 - x1):.2f}%;height:{100 * (y2 - y1):.2f}%")
+    return (
+        f"left:{100 * x1:.2f}%;top:{100 * y1:.2f}%;width:{100 * (x2 - x1):.2f}%;height:{100 * (y2 - y1):.2f}%"
+    )
 
 
 def data_uri(jpeg: bytes) -> str:

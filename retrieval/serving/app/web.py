@@ -1,5 +1,6 @@
 """The FastAPI application: routes, the upload body limit and errors that read as
 sentences (JSON ``{"detail": ...}`` under /api, an HTML page elsewhere)."""
+
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
@@ -13,9 +14,11 @@ from retrieval.serving.app import routes_api, routes_pages
 from retrieval.serving.app.service import SearchService
 from retrieval.serving.app.uploads import FORM_OVERHEAD, BodyLimitMiddleware, RequestError
 
-DESCRIPTION = ("Content-based image retrieval over one database: search with an uploaded image "
-               "(`POST /api/search`) or with one of its dataset's queries, whose results carry "
-               "their ground-truth labels and the query's AP.")
+DESCRIPTION = (
+    "Content-based image retrieval over one database: search with an uploaded image "
+    "(`POST /api/search`) or with one of its dataset's queries, whose results carry "
+    "their ground-truth labels and the query's AP."
+)
 
 
 def create_app(service: SearchService) -> FastAPI:
@@ -27,17 +30,25 @@ def create_app(service: SearchService) -> FastAPI:
         service.close()
 
     # no /docs or /redoc: their pages load scripts from a CDN; /openapi.json is the schema
-    app = FastAPI(title="retrieval web app", description=DESCRIPTION, version="1",
-                  docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="retrieval web app",
+        description=DESCRIPTION,
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
     app.state.service = service
     app.add_middleware(BodyLimitMiddleware, max_bytes=service.settings.max_upload_bytes + FORM_OVERHEAD)
     app.include_router(routes_api.router)
     app.include_router(routes_pages.router)
     app.add_exception_handler(RequestError, lambda r, e: error_response(r, e.status, e.message))
-    app.add_exception_handler(StarletteHTTPException,
-                              lambda r, e: error_response(r, e.status_code, str(e.detail)))
-    app.add_exception_handler(RequestValidationError,
-                              lambda r, e: error_response(r, 422, validation_message(e)))
+    app.add_exception_handler(
+        StarletteHTTPException, lambda r, e: error_response(r, e.status_code, str(e.detail))
+    )
+    app.add_exception_handler(
+        RequestValidationError, lambda r, e: error_response(r, 422, validation_message(e))
+    )
     return app
 
 
