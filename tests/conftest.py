@@ -22,8 +22,8 @@ from PIL import Image
 # minutes of retries if a test ever asks it for weights (subprocess runs inherit this).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests.test_configs import compose_cfg
-from tests.test_formats import write_vgg
+from tests.helpers.configs import compose_cfg
+from tests.helpers.vgg import write_vgg
 
 SMALL_DB = [
     "dataset=oxford5k",
@@ -112,79 +112,11 @@ def live_server(app_service) -> Iterator[str]:
         yield url
 
 
-# ---------------------------------------------------------------------------------------
-# End-to-end runs of the entry scripts (train.py ...) as subprocesses, on a tiny generated
-# VGG-layout set, for every test that runs an entry point.
-# ---------------------------------------------------------------------------------------
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_script(
-    script: str, *overrides: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600
-) -> subprocess.CompletedProcess:
-    """``python <repo>/<script> <overrides>`` in ``cwd`` (``script`` ``-m``: the first override
-    names a module); W&B offline, its caches in ``cwd`` (offline artifacts are staged under
-    the W&B data dir, which must not be the user's)."""
-    wandb_env = {
-        "WANDB_MODE": "offline",
-        "WANDB_DIR": str(cwd),
-        "WANDB_CACHE_DIR": str(cwd / ".wandb-cache"),
-        "WANDB_DATA_DIR": str(cwd / ".wandb-data"),
-        "WANDB_CONFIG_DIR": str(cwd / ".wandb-config"),
-    }
-    command = [sys.executable, "-m"] if script == "-m" else [sys.executable, str(REPO_ROOT / script)]
-    return subprocess.run(
-        [*command, *overrides],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **wandb_env, **(env or {})},
-    )
-
-
+# The tiny generated VGG-layout set every test that runs a command trains on (the runs
+# themselves: tests/helpers/runs.py).
 @pytest.fixture(scope="session")
 def tiny_landmarks(tmp_path_factory) -> Path:
     """A data dir holding ``oxford5k``: 11 images, 2 landmarks x 2 queries (write_vgg)."""
     data = tmp_path_factory.mktemp("tiny_landmarks")
     write_vgg(data / "oxford5k")
     return data
-
-
-# dataset=oxford5k composes the reference recipe (flatten, SSIM negatives, augmentations, 4
-# accumulated steps); the small test runs pin the plain options, one override each
-PLAIN_TRAINING = ["pooling=gem", "mining=random", "augmentation=none", "trainer.accumulate_grad_batches=1"]
-
-
-def tiny_run(data: Path, logs: Path, *extra: str) -> list[str]:
-    """Overrides for a seconds-long training run: 32 px, resnet18, one epoch."""
-    return [
-        f"paths.data_dir={data}",
-        f"paths.log_dir={logs}",
-        "dataset=oxford5k",
-        *PLAIN_TRAINING,
-        "dataset.image_size=32",
-        "dataset.num_workers=0",
-        "model.net.backbone.name=resnet18",
-        "model.net.backbone.weights=none",
-        "trainer.max_epochs=1",
-        *extra,
-    ]
-
-
-def small_run(data: Path, tmp: Path) -> list[str]:
-    """Overrides for a small run at 64 px (resnet18), logging under ``tmp/logs``; epochs as
-    the test needs them."""
-    return [
-        f"paths.data_dir={data}",
-        f"paths.log_dir={tmp / 'logs'}",
-        "dataset=oxford5k",
-        *PLAIN_TRAINING,
-        "dataset.image_size=64",
-        "dataset.num_workers=0",
-        "model.net.backbone.name=resnet18",
-        "model.net.backbone.weights=none",
-    ]

@@ -1,0 +1,71 @@
+"""End-to-end runs of the commands (train.py, python -m retrieval.pipelines.X) as
+subprocesses, and the overrides that make them seconds long."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(
+    script: str, *overrides: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """``python <repo>/<script> <overrides>`` in ``cwd`` (``script`` ``-m``: the first override
+    names a module); W&B offline, its caches in ``cwd`` (offline artifacts are staged under
+    the W&B data dir, which must not be the user's)."""
+    wandb_env = {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(cwd),
+        "WANDB_CACHE_DIR": str(cwd / ".wandb-cache"),
+        "WANDB_DATA_DIR": str(cwd / ".wandb-data"),
+        "WANDB_CONFIG_DIR": str(cwd / ".wandb-config"),
+    }
+    command = [sys.executable, "-m"] if script == "-m" else [sys.executable, str(REPO_ROOT / script)]
+    return subprocess.run(
+        [*command, *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **wandb_env, **(env or {})},
+    )
+
+
+# dataset=oxford5k composes the reference recipe (flatten, SSIM negatives, augmentations, 4
+# accumulated steps); the small test runs pin the plain options, one override each
+PLAIN_TRAINING = ["pooling=gem", "mining=random", "augmentation=none", "trainer.accumulate_grad_batches=1"]
+
+
+def tiny_run(data: Path, logs: Path, *extra: str) -> list[str]:
+    """Overrides for a seconds-long training run: 32 px, resnet18, one epoch."""
+    return [
+        f"paths.data_dir={data}",
+        f"paths.log_dir={logs}",
+        "dataset=oxford5k",
+        *PLAIN_TRAINING,
+        "dataset.image_size=32",
+        "dataset.num_workers=0",
+        "model.net.backbone.name=resnet18",
+        "model.net.backbone.weights=none",
+        "trainer.max_epochs=1",
+        *extra,
+    ]
+
+
+def small_run(data: Path, tmp: Path) -> list[str]:
+    """Overrides for a small run at 64 px (resnet18), logging under ``tmp/logs``; epochs as
+    the test needs them."""
+    return [
+        f"paths.data_dir={data}",
+        f"paths.log_dir={tmp / 'logs'}",
+        "dataset=oxford5k",
+        *PLAIN_TRAINING,
+        "dataset.image_size=64",
+        "dataset.num_workers=0",
+        "model.net.backbone.name=resnet18",
+        "model.net.backbone.weights=none",
+    ]

@@ -1,0 +1,108 @@
+"""Sweeps as a user runs them: Hydra grid multirun, Optuna TPE with resumable storage, and
+the submitit launcher (local executor: real subprocesses, the SLURM launcher's code path)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from retrieval.tracking.offline_run import offline_runs
+from tests.helpers.runs import run_script, tiny_run
+
+pytestmark = pytest.mark.slow
+
+# sweeps need metrics, not the t-SNE maps or the untrained baseline of every job
+QUICK = ["evaluate_before=false", "callbacks.retrieval_visualisation.embedding_method=pca"]
+
+
+def _sweep_dir(logs: Path) -> Path:
+    [sweep] = (logs / "train" / "multiruns").iterdir()
+    return sweep
+
+
+def _job_overrides(job_dir: Path) -> list[str]:
+    return yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text())
+
+
+def test_grid_multirun_gives_every_job_its_own_wandb_run(tiny_landmarks, tmp_path):
+    result = run_script(
+        "train.py",
+        "-m",
+        *tiny_run(tiny_landmarks, tmp_path / "logs", *QUICK),
+        "model.optimizer.lr=1e-6,5e-6",
+        "model.loss.margin=1,2",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = _sweep_dir(tmp_path / "logs")
+    runs = offline_runs(sweep)
+    assert len(runs) == 4 and len({r.path.name for r in runs}) == 4
+    seen = set()
+    for run in runs:
+        job_dir = run.path.parents[1]  # <sweep>/<job>/wandb/offline-run-*
+        overrides = _job_overrides(job_dir)
+        lr, margin = run.config["model"]["optimizer"]["lr"], run.config["model"]["loss"]["margin"]
+        assert f"model.optimizer.lr={lr:g}" in overrides and f"model.loss.margin={margin:g}" in overrides
+        seen.add((lr, margin))
+        # its own metrics only: epoch 0 and the best checkpoint, nothing from other jobs
+        assert [("val/mAP" in row) for row in run.history].count(True) == 2
+        assert (
+            run.summary["val/mAP"]
+            == json.loads((job_dir / "metrics.json").read_text())["results"]["trained"]["mAP"]
+        )
+        assert run.exit_code == 0 and run.group == f"train-{sweep.name}" and "multirun" in run.tags
+        assert run.name.startswith(f"train-oxford5k#{job_dir.name}[")
+    assert seen == {(1e-6, 1.0), (1e-6, 2.0), (5e-6, 1.0), (5e-6, 2.0)}
+
+
+def test_optuna_sweep_reports_best_parameters_and_resumes(tiny_landmarks, tmp_path):
+    import optuna
+
+    args = [*tiny_run(tiny_landmarks, tmp_path / "logs", *QUICK), "hparams_search=optuna", "logger=csv"]
+    result = run_script("train.py", *args, "hydra.sweeper.n_trials=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = yaml.safe_load((_sweep_dir(tmp_path / "logs") / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {
+        "model.optimizer.lr",
+        "model.optimizer.weight_decay",
+        "model.loss.margin",
+    }
+    assert 0.0 <= best["best_value"] <= 1.0
+    assert 1e-6 <= best["best_params"]["model.optimizer.lr"] <= 1e-3
+    assert "Best parameters" in result.stdout + result.stderr
+
+    storage = f"sqlite:///{tmp_path / 'logs' / 'optuna' / 'train_oxford5k.db'}"
+    study = optuna.load_study(study_name="train_oxford5k", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert all(0.0 <= t.value <= 1.0 for t in study.trials)
+    # the same command again continues the study from its storage
+    result = run_script("train.py", *args, "hydra.sweeper.n_trials=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(optuna.load_study(study_name="train_oxford5k", storage=storage).trials) == 4
+
+
+def test_submitit_launcher_runs_jobs_as_subprocesses(tiny_landmarks, tmp_path):
+    """hydra/launcher=local: the submitit launcher (the SLURM one's code) with local jobs."""
+    result = run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=local",
+        *tiny_run(tiny_landmarks, tmp_path / "logs", *QUICK),
+        "model.loss.margin=1,2",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = _sweep_dir(tmp_path / "logs")
+    # one submitit job folder each: pickled task, logs and the returned metric
+    results = sorted(sweep.glob(".submitit/*/*_result.pkl"))
+    assert len({p.parent.name for p in results}) == 2  # two submitit jobs (local: two processes)
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert 0.0 <= metrics["results"]["trained"]["mAP"] <= 1.0
+        assert f"model.loss.margin={int(job) + 1}" in _job_overrides(sweep / job)
+    runs = offline_runs(sweep)
+    assert len(runs) == 2 and all(r.exit_code == 0 for r in runs)
+    assert {r.config["hydra"]["choices"]["hydra/launcher"] for r in runs} == {"local"}

@@ -1,0 +1,58 @@
+"""A run resumed from its last checkpoint replays the uninterrupted run exactly."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.runs import run_script as run
+from tests.helpers.runs import small_run
+
+# augmentations on, so that the RNG of the transforms matters too
+SETTINGS = [
+    "augmentation=reference",
+    "trainer.deterministic=true",
+    "evaluate_before=false",
+    "evaluate_after=false",
+    "dataset.triplets_per_epoch=12",
+]
+
+
+def _train(data: Path, tmp: Path, *overrides: str) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    result = run("train.py", *small_run(data, tmp), *SETTINGS, *overrides, cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return next((tmp / "logs" / "train" / "runs").iterdir())
+
+
+def _epoch_metrics(run_dir: Path, epoch: int) -> dict[str, float]:
+    """The epoch's logged values (Lightning's CSV has one row per logging call)."""
+    values: dict[str, float] = {}
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        for row in csv.DictReader(f):
+            if row.get("epoch") == str(epoch):
+                values.update({k: float(v) for k, v in row.items() if v and k not in ("epoch", "step")})
+    return values
+
+
+@pytest.mark.slow
+def test_resumed_run_equals_uninterrupted_run(tiny_landmarks, tmp_path):
+    full = _train(tiny_landmarks, tmp_path / "full", "trainer.max_epochs=2")
+    first = _train(tiny_landmarks, tmp_path / "first", "trainer.max_epochs=1")
+    resumed = _train(
+        tiny_landmarks,
+        tmp_path / "resumed",
+        "trainer.max_epochs=2",
+        f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}",
+    )
+    expected, got = _epoch_metrics(full, 1), _epoch_metrics(resumed, 1)
+    assert {"train/loss_epoch", "val/mAP", "val/loss"} <= expected.keys()
+    assert _epoch_metrics(resumed, 0) == {}  # epoch 0 was not trained again
+    for key in ("train/loss_epoch", "val/mAP", "val/loss"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
+    # the interrupted run's first epoch was the full run's first epoch
+    assert _epoch_metrics(first, 0)["train/loss_epoch"] == pytest.approx(
+        _epoch_metrics(full, 0)["train/loss_epoch"], rel=1e-5
+    )
