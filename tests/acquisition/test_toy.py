@@ -219,5 +219,6 @@ def test_default_dataset(tmp_path: Path):
         gnd = pickle.load(f)
     assert len(gnd["imlist"]) == 640 and len(gnd["qimlist"]) == 55
     easy, hard, junk = (np.array([len(q[k]) for q in gnd["gnd"]]) for k in ("easy", "hard", "junk"))
-    assert easy.min() >= 15 and hard.min() >= 5 and junk.sum() > 0  # every label occurs
-    assert easy.mean() > hard.mean() > junk.mean()
+    # database views are mostly small and whole (good), partly cropped or occluded ones rarer
+    assert easy.min() >= 15 and hard.sum() > 0 and junk.sum() > 0  # every label occurs
+    assert easy.mean() > hard.mean()
