@@ -22,18 +22,10 @@ from PIL import Image
 # minutes of retries if a test ever asks it for weights (subprocess runs inherit this).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests.helpers.configs import compose_cfg
+from tests.helpers.configs import SMALL_VGG_MODEL, compose_cfg
 from tests.helpers.vgg import write_vgg
 
-SMALL_DB = [
-    "dataset=oxford5k",
-    "pooling=gem",
-    "dataset.image_size=64",
-    "dataset.num_workers=0",
-    "model.net.backbone.name=resnet18",
-    "model.net.backbone.weights=none",
-    "dtype=float32",
-]
+SMALL_DB = [*SMALL_VGG_MODEL, "dtype=float32"]
 
 
 @pytest.fixture(scope="session")

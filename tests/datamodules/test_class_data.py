@@ -19,6 +19,7 @@ from retrieval.datamodules.class_datamodule import ClassDataModule, split_items
 from retrieval.training.class_metric_module import ClassMetricModule
 from retrieval.utils.errors import DatasetError
 from tests.helpers.configs import compose_cfg
+from tests.helpers.runs import run_ok
 from tests.helpers.runs import run_script as run
 
 N_CLASSES, PER_CLASS = 6, 8
@@ -274,8 +275,7 @@ def class_run(root: Path, tmp: Path, *extra: str) -> list[str]:
 
 
 def test_fast_dev_run_on_a_class_folder(toy, tmp_path):
-    result = run("train.py", *class_run(toy, tmp_path), "debug=fast", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok("train.py", *class_run(toy, tmp_path), "debug=fast", cwd=tmp_path)
     assert "fast_dev_run" in result.stdout + result.stderr
 
 
@@ -292,7 +292,7 @@ def test_short_training_run_reports_recall_at_1(toy, tmp_path):
     """24 batch-hard steps at 32 px. Evaluated on the training images themselves
     (val_fraction=0, flagged as optimistic): there a few steps clearly lift the ranking,
     while held-out numbers on so small a set would need a longer run to be reliable."""
-    result = run(
+    result = run_ok(
         "train.py",
         *class_run(toy, tmp_path),
         "batch_miner=batch_hard",
@@ -302,7 +302,6 @@ def test_short_training_run_reports_recall_at_1(toy, tmp_path):
         "model.optimizer.lr=1e-3",
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"R@1 untrained \d\.\d{4} -> trained \d\.\d{4}", result.stdout), result.stdout[-2000:]
     assert "numbers are optimistic" in result.stdout
     run_dir = next((tmp_path / "logs" / "train" / "runs").iterdir())

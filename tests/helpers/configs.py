@@ -10,6 +10,17 @@ from omegaconf import open_dict
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
+# the tiny VGG set (conftest's small_vgg_root) read by a resnet18 at 64 px, no weights: the
+# model overrides every small evaluate/database/train test shares
+SMALL_VGG_MODEL = [
+    "dataset=oxford5k",
+    "pooling=gem",
+    "dataset.image_size=64",
+    "dataset.num_workers=0",
+    "model.net.backbone.name=resnet18",
+    "model.net.backbone.weights=none",
+]
+
 
 def compose_cfg(config_name: str, overrides: list[str]):
     GlobalHydra.instance().clear()

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers.configs import SMALL_VGG_MODEL
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -59,13 +61,11 @@ def tiny_run(data: Path, logs: Path, *extra: str) -> list[str]:
 def small_run(data: Path, tmp: Path) -> list[str]:
     """Overrides for a small run at 64 px (resnet18), logging under ``tmp/logs``; epochs as
     the test needs them."""
-    return [
-        f"paths.data_dir={data}",
-        f"paths.log_dir={tmp / 'logs'}",
-        "dataset=oxford5k",
-        *PLAIN_TRAINING,
-        "dataset.image_size=64",
-        "dataset.num_workers=0",
-        "model.net.backbone.name=resnet18",
-        "model.net.backbone.weights=none",
-    ]
+    return [f"paths.data_dir={data}", f"paths.log_dir={tmp / 'logs'}", *SMALL_VGG_MODEL, *PLAIN_TRAINING]
+
+
+def run_ok(script: str, *overrides: str, cwd: Path, **options) -> subprocess.CompletedProcess:
+    """:func:`run_script` that must succeed; a failure shows the end of its stderr."""
+    result = run_script(script, *overrides, cwd=cwd, **options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

@@ -16,8 +16,7 @@ from retrieval.models.backbone import create_backbone
 from retrieval.models.losses import cosine_distance, euclidean, squared_euclidean
 from retrieval.utils.errors import UserFacingError, WeightsError
 from tests.helpers.configs import compose_cfg
-from tests.helpers.runs import run_script as run
-from tests.helpers.runs import small_run
+from tests.helpers.runs import run_ok, small_run
 
 
 def test_local_weights_load_into_the_headless_backbone(tmp_path):
@@ -54,12 +53,17 @@ def test_triplet_distances():
     assert torch.allclose(squared_euclidean(x, y), torch.tensor([2.0, 0.0]))
     assert torch.allclose(euclidean(x, y), torch.tensor([2.0**0.5, 1e-6]), atol=1e-5)
     assert torch.allclose(cosine_distance(x, y), torch.tensor([1.0, 0.0]))
-    for name in ("euclidean", "cosine_distance"):
+    # anchor x, positive y, negative -x: d(a, n) is 2 on both rows for both distances, so
+    # with margin 2 the hinge keeps exactly d(a, p): mean(√2, 0) and mean(1, 0)
+    for name, expected in (("euclidean", 2.0**0.5 / 2), ("cosine_distance", 0.5)):
         cfg = compose_cfg(
             "train.yaml", [f"model.loss.distance_function._target_=retrieval.models.losses.{name}"]
         )
+        assert cfg.model.loss.margin == 2
         loss = instantiate(cfg.model.loss)
-        assert loss(x, y, -x) >= 0
+        assert loss(x, y, -x).item() == pytest.approx(expected, abs=1e-5)
+        # a negative farther than the positive by the whole margin costs nothing
+        assert loss(x, x, -x).item() == pytest.approx(0.0, abs=1e-5)
 
 
 def test_linear_head_is_sized_before_the_optimizer_sees_it(tmp_path):
@@ -90,7 +94,7 @@ def test_linear_head_is_sized_before_the_optimizer_sees_it(tmp_path):
 @pytest.mark.slow
 def test_bf16_channels_last_compile_linear_head_train(tiny_landmarks, tmp_path):
     # the eager backend exercises torch.compile's code path without a C++ toolchain's minutes
-    result = run(
+    run_ok(
         "train.py",
         *small_run(tiny_landmarks, tmp_path),
         "debug=fast",
@@ -102,7 +106,6 @@ def test_bf16_channels_last_compile_linear_head_train(tiny_landmarks, tmp_path):
         "head=linear",
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_whitening_head_starts_from_a_fitted_whitening(tmp_path):

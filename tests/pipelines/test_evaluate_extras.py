@@ -22,20 +22,12 @@ from retrieval.pipelines.report import comparison_table
 from retrieval.pipelines.variants import compose_variants
 from retrieval.training.evaluation_callback import RetrievalEvaluation
 from retrieval.utils.errors import UserFacingError
-from tests.helpers.configs import compose_cfg
-from tests.helpers.runs import run_script as run
+from tests.helpers.configs import SMALL_VGG_MODEL, compose_cfg
+from tests.helpers.runs import run_ok
 
 # the tiny VGG set of conftest's small_vgg_root, a resnet18 at 64 px, all on the CPU (the
 # callback runs float32 there; embed_batch would use bf16 autocast on a GPU)
-SMALL_EVAL = [
-    "dataset=oxford5k",
-    "pooling=gem",
-    "dataset.image_size=64",
-    "dataset.num_workers=0",
-    "model.net.backbone.name=resnet18",
-    "model.net.backbone.weights=none",
-    "embed.device=cpu",
-]
+SMALL_EVAL = [*SMALL_VGG_MODEL, "embed.device=cpu"]
 
 
 # ---------------------------------------------------------------------------- R-MAC
@@ -265,7 +257,7 @@ def test_side_by_side_comparison_end_to_end(small_vgg_root, tmp_path, monkeypatc
     monkeypatch.setenv("COLUMNS", "220")  # Rich fits the table to the terminal width
     out = tmp_path / "compare.json"
     compare = ["mac", "rmac", "pcaw+qe", "lw+dba", "ms"]
-    result = run(
+    result = run_ok(
         "evaluate.py",
         *SMALL_EVAL,
         f"paths.data_dir={small_vgg_root.parent}",
@@ -275,7 +267,6 @@ def test_side_by_side_comparison_end_to_end(small_vgg_root, tmp_path, monkeypatc
         f"compare=[{','.join(compare)}]",
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     variants = report["variants"]
     assert list(variants) == ["untrained", *compare]

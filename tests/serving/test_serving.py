@@ -29,18 +29,11 @@ from retrieval.serving.database import (
 from retrieval.serving.search import SearchIndex
 from retrieval.serving.searcher import DatabaseSearcher
 from retrieval.utils.errors import UserFacingError
-from tests.helpers.configs import compose_cfg
+from tests.helpers.configs import SMALL_VGG_MODEL, compose_cfg
 from tests.helpers.vgg import write_vgg
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = [
-    "dataset=oxford5k",
-    "pooling=gem",
-    "dataset.image_size=64",
-    "dataset.num_workers=0",
-    "model.net.backbone.name=resnet18",
-    "model.net.backbone.weights=none",
-]
+SMALL = SMALL_VGG_MODEL
 
 
 def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

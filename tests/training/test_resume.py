@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.runs import run_script as run
-from tests.helpers.runs import small_run
+from tests.helpers.runs import run_ok, small_run
 
 # augmentations on, so that the RNG of the transforms matters too
 SETTINGS = [
@@ -22,8 +21,7 @@ SETTINGS = [
 
 def _train(data: Path, tmp: Path, *overrides: str) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
-    result = run("train.py", *small_run(data, tmp), *SETTINGS, *overrides, cwd=tmp)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_ok("train.py", *small_run(data, tmp), *SETTINGS, *overrides, cwd=tmp)
     return next((tmp / "logs" / "train" / "runs").iterdir())
 
 
