@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from retrieval.acquisition.toy import _PKG_DATA
+from retrieval.acquisition.toy_sources import PKG_DATA
 from retrieval.data.class_formats import read_class_folders
 from retrieval.data.class_ground_truth import ClassGroundTruth
 
@@ -81,7 +81,7 @@ def write_toy_classes(
     for c, filename in enumerate(PHOTOS[:n_classes]):
         label = Path(filename).stem
         (root / label).mkdir(parents=True, exist_ok=True)
-        with Image.open(_PKG_DATA / filename) as photo:
+        with Image.open(PKG_DATA / filename) as photo:
             photo = photo.convert("RGB")
         n_val = round(val_fraction * per_class)
         for i in range(per_class):

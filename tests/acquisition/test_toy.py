@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrieval.acquisition import toy
+from retrieval.acquisition import toy, toy_sources, toy_views
 from tests.helpers.runs import run_script as run
 
 SMALL = {"landmarks": 3, "views_per_landmark": 14, "distractors": 8}  # 50 images, ~2 s
@@ -115,18 +115,18 @@ def test_labels_follow_visibility():
     canvas = (320, 240)
     clear = np.zeros(canvas[::-1], np.uint8)
     whole = np.diag([1.0, 1.0, 1.0])  # a 320x240 landmark filling the frame exactly
-    assert toy._visibility(whole, canvas, canvas, clear) == pytest.approx((1.0, 1.0))
+    assert toy_views.visibility(whole, canvas, canvas, clear) == pytest.approx((1.0, 1.0))
     half_out = np.array([[1.0, 0, 160], [0, 1, 0], [0, 0, 1]])  # right half leaves the frame
-    assert toy._visibility(half_out, canvas, canvas, clear)[0] == pytest.approx(0.5)
+    assert toy_views.visibility(half_out, canvas, canvas, clear)[0] == pytest.approx(0.5)
     occluded = clear.copy()
     occluded[:, :240] = 255  # three quarters hidden
-    vis, area = toy._visibility(whole, canvas, canvas, occluded)
+    vis, area = toy_views.visibility(whole, canvas, canvas, occluded)
     assert vis == pytest.approx(0.25) and area == pytest.approx(0.25)
-    label = toy._label
-    assert label(toy._View(0.9, 0.5, (0, 0, 1, 1))) == "good"
-    assert label(toy._View(0.4, 0.3, (0, 0, 1, 1))) == "ok"
-    assert label(toy._View(0.2, 0.2, (0, 0, 1, 1))) == "junk"
-    assert label(toy._View(0.9, 0.01, (0, 0, 1, 1))) == "junk"  # too small to recognise
+    label = toy_views.label
+    assert label(toy_views.View(0.9, 0.5, (0, 0, 1, 1))) == "good"
+    assert label(toy_views.View(0.4, 0.3, (0, 0, 1, 1))) == "ok"
+    assert label(toy_views.View(0.2, 0.2, (0, 0, 1, 1))) == "junk"
+    assert label(toy_views.View(0.9, 0.01, (0, 0, 1, 1))) == "junk"  # too small to recognise
 
 
 def test_same_seed_same_bytes_whatever_the_workers(small: Path, tmp_path: Path):
@@ -177,15 +177,15 @@ def test_missing_bundled_photos_are_skipped_for_procedural_scenes(tmp_path: Path
     # skipped, never fetched, and procedural scenes make up the count.
     data = tmp_path / "skimage_data"
     data.mkdir()
-    (data / "astronaut.png").write_bytes((toy._PKG_DATA / "astronaut.png").read_bytes())
-    monkeypatch.setattr(toy, "_PKG_DATA", data)
-    toy._library.cache_clear()
+    (data / "astronaut.png").write_bytes((toy_sources.PKG_DATA / "astronaut.png").read_bytes())
+    monkeypatch.setattr(toy_sources, "PKG_DATA", data)
+    toy_sources.library.cache_clear()
     try:
         path = toy.ensure_toy_dataset(
             tmp_path / "out", progress=False, landmarks=3, views_per_landmark=5, distractors=4
         )
     finally:
-        toy._library.cache_clear()
+        toy_sources.library.cache_clear()
     landmarks = json.loads((path / "manifest.json").read_text())["landmarks"]
     assert landmarks == ["astronaut", "scene_02", "scene_03"]
     assert (path / "gt_files" / "scene_03_5_query.txt").is_file()
