@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -24,6 +19,7 @@ from retrieval.pipelines.app import main as app_main
 from retrieval.serving.app import AppSettings, SearchService, create_app
 from retrieval.serving.database import DatabaseError
 from retrieval.utils.errors import UserFacingError
+from tests.helpers.server import free_port, health_of_served
 from tests.serving.test_app import search
 
 
@@ -35,35 +31,11 @@ def app_cfg(overrides: list[str]):
 
 
 def test_cli_serves_on_the_configured_port(small_database, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "retrieval.pipelines.app",
-            f"db={small_database}",
-            f"port={port}",
-            "log_level=warning",
-        ],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline, health = time.monotonic() + 120, None
-        while health is None and server.poll() is None and time.monotonic() < deadline:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/api/health").json()
-            except httpx.TransportError:
-                time.sleep(0.2)
-    finally:
-        server.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
-        output = server.communicate(timeout=30)[0]
+    port = free_port()
+    command = [sys.executable, "-m", "retrieval.pipelines.app", f"db={small_database}", f"port={port}"]
+    health, returncode, output = health_of_served([*command, "log_level=warning"], port, tmp_path)
     assert health is not None and health["images"] == 11, output
-    assert server.returncode == 0 and "serving oxford5k (11 images, 4 queries)" in output
+    assert returncode == 0 and "serving oxford5k (11 images, 4 queries)" in output
     assert list(tmp_path.iterdir()) == []  # no run folder, no uploads
 
 
