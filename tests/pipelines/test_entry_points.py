@@ -115,3 +115,16 @@ def test_ssim_mining_feeds_training(tiny_landmarks, tmp_path):
         cwd=ROOT,
     )
     assert "4 queries, pool sizes min 3" in result.stdout
+
+
+@pytest.mark.parametrize("how", ["--config-dir", "hydra.searchpath"])
+def test_users_add_their_own_configs_through_the_search_path(tmp_path, how):
+    """A user's experiment file outside the package composes with the shipped groups."""
+    mine = tmp_path / "my_configs"
+    (mine / "experiment").mkdir(parents=True)
+    (mine / "experiment" / "my_toy.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /pooling: mac\ntrainer:\n  max_epochs: 3\n"
+    )
+    where = ["--config-dir", str(mine)] if how == "--config-dir" else [f"hydra.searchpath=[file://{mine}]"]
+    job = run_ok("train.py", *where, "experiment=my_toy", "--cfg", "job", cwd=tmp_path).stdout
+    assert "_target_: retrieval.models.pooling.MAC" in job and "max_epochs: 3" in job
