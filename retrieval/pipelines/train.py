@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from retrieval.pipelines.build import build_datamodule, build_model, build_trainer, instantiate_group
 from retrieval.pipelines.cli import hydra_command
 from retrieval.pipelines.report import print_metrics
+from retrieval.pipelines.variants import pretrained
 from retrieval.tracking.wandb_run import finishing_wandb_run
 from retrieval.training.evaluation_callback import RetrievalEvaluation
 
@@ -65,7 +66,11 @@ def train(cfg: DictConfig) -> float | None:
         evaluate("trained" if cfg.train else "checkpoint", best or (None if cfg.train else cfg.ckpt_path))
 
     if results and trainer.is_global_zero:  # one report and one metrics.json, not one per process
-        print_metrics(results, f"{datamodule.name}: retrieval metrics (%)")
+        # "untrained" names the run before training in metrics.json; the report says whether
+        # that network is an ImageNet one or a random one
+        before = "untrained (ImageNet)" if pretrained(cfg) else "untrained"
+        shown = {before if label == "untrained" else label: metrics for label, metrics in results.items()}
+        print_metrics(shown, f"{datamodule.name}: retrieval metrics (%)")
         if datamodule.evaluates_on_training_anchors:
             print(LEAK_WARNING)
         # R@1: the headline of class-labelled sets (their "mAP" is MAP@R)
@@ -73,7 +78,7 @@ def train(cfg: DictConfig) -> float | None:
             if {"untrained", "trained"} <= results.keys() and key in results["trained"]:
                 gain = results["trained"][key] - results["untrained"][key]
                 print(
-                    f"{key} untrained {results['untrained'][key]:.4f} -> trained "
+                    f"{key} {before} {results['untrained'][key]:.4f} -> trained "
                     f"{results['trained'][key]:.4f} ({gain:+.4f})"
                 )
         out = Path(cfg.paths.output_dir) / "metrics.json"

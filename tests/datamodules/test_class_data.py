@@ -302,7 +302,9 @@ def test_short_training_run_reports_recall_at_1(toy, tmp_path):
         "model.optimizer.lr=1e-3",
         cwd=tmp_path,
     )
-    assert re.search(r"R@1 untrained \d\.\d{4} -> trained \d\.\d{4}", result.stdout), result.stdout[-2000:]
+    assert re.search(r"R@1 untrained \(ImageNet\) \d\.\d{4} -> trained \d\.\d{4}", result.stdout), (
+        result.stdout[-2000:]
+    )
     assert "numbers are optimistic" in result.stdout
     run_dir = next((tmp_path / "logs" / "train" / "runs").iterdir())
     results = json.loads((run_dir / "metrics.json").read_text())["results"]
