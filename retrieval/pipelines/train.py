@@ -37,6 +37,12 @@ def _find(callbacks: list, kind: type):
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
 
+def _best_checkpoint(callbacks: list) -> ModelCheckpoint | None:
+    """The callback that keeps the best epoch by a metric (not the one writing last.ckpt)."""
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    return next((c for c in checkpoints if c.monitor is not None), checkpoints[0] if checkpoints else None)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Run one training job; returns ``cfg.optimized_metric`` of the final evaluation."""
     L.seed_everything(cfg.seed, workers=True)
@@ -60,10 +66,13 @@ def train(cfg: DictConfig) -> float | None:
         evaluate("untrained")
     if cfg.train:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    checkpoint: ModelCheckpoint | None = _find(callbacks, ModelCheckpoint)
+    checkpoint = _best_checkpoint(callbacks)
     if cfg.evaluate_after and evaluator is not None and not trainer.interrupted:
         best = checkpoint.best_model_path if checkpoint is not None else ""
-        evaluate("trained" if cfg.train else "checkpoint", best or (None if cfg.train else cfg.ckpt_path))
+        # train=false evaluates the given checkpoint, or with none the network as built
+        label = "trained" if cfg.train else ("checkpoint" if cfg.ckpt_path else "untrained")
+        if label not in results:  # train=false without a checkpoint: evaluated once, before
+            evaluate(label, best or (None if cfg.train else cfg.ckpt_path))
 
     if results and trainer.is_global_zero:  # one report and one metrics.json, not one per process
         # "untrained" names the run before training in metrics.json; the report says whether
@@ -89,7 +98,7 @@ def train(cfg: DictConfig) -> float | None:
             )
         )
         log.info("metrics written to %s", out)
-    final = results.get("trained") or results.get("checkpoint") or {}
+    final = results.get("trained") or results.get("checkpoint") or results.get("untrained") or {}
     key = cfg.optimized_metric.split("/", 1)[-1]
     return final.get(key)
 

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers.runs import run_ok, small_run
 
@@ -54,3 +55,19 @@ def test_resumed_run_equals_uninterrupted_run(tiny_landmarks, tmp_path):
     assert _epoch_metrics(first, 0)["train/loss_epoch"] == pytest.approx(
         _epoch_metrics(full, 0)["train/loss_epoch"], rel=1e-5
     )
+
+
+@pytest.mark.slow
+def test_last_checkpoint_is_the_latest_epoch_even_after_a_worse_one(tiny_landmarks, tmp_path):
+    # monitor "epoch" in mode min: epoch 0 stays the best, every later epoch is "worse"
+    run_dir = _train(
+        tiny_landmarks,
+        tmp_path,
+        "trainer.max_epochs=2",
+        "callbacks.model_checkpoint.monitor=epoch",
+        "callbacks.model_checkpoint.mode=min",
+    )
+    checkpoints = run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["epoch"] == 1
+    assert torch.load(checkpoints / "epoch_000.ckpt", weights_only=False)["epoch"] == 0
