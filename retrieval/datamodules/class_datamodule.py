@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from retrieval.data.class_ground_truth import ClassGroundTruth
 from retrieval.data.image_io import load_rgb
-from retrieval.datamodules.image_datasets import ImageListDataset, Transform
+from retrieval.datamodules.image_datasets import ImageListDataset, Transform, seeded_call
 from retrieval.datamodules.landmark_datamodule import VAL_QUERIES
+from retrieval.datamodules.resumable import ResumableDataLoader
 from retrieval.datamodules.samplers import PKSampler
 from retrieval.datamodules.transforms import eval_transform, train_transform
 from retrieval.models.input_normalization import InputNormalization
@@ -33,16 +34,22 @@ SPLIT_BY = ("image", "class")
 
 
 class LabelledImageDataset(Dataset):
-    """``(tensor, class id)`` pairs."""
+    """``(tensor, class id)`` pairs. With ``seed``, image ``i``'s random augmentation is a
+    function of ``(seed, i)`` (:func:`seeded_call`): a resumed run replays it exactly. The
+    train loader passes a new seed each epoch, so an image drawn twice in one epoch gets the
+    same augmentation twice (P×K batches draw with replacement across batches)."""
 
-    def __init__(self, paths: Sequence[Path], labels: np.ndarray, transform: Transform) -> None:
-        self.paths, self.labels, self.transform = list(paths), labels, transform
+    def __init__(
+        self, paths: Sequence[Path], labels: np.ndarray, transform: Transform, seed: int | None = None
+    ) -> None:
+        self.paths, self.labels, self.transform, self.seed = list(paths), labels, transform, seed
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_rgb(self.paths[index])), int(self.labels[index])
+        image = load_rgb(self.paths[index])
+        return seeded_call(self.seed, index, lambda: self.transform(image)), int(self.labels[index])
 
 
 def split_items(
@@ -174,8 +181,10 @@ class ClassDataModule(L.LightningDataModule):
         return self._evaluates_on_training
 
     # ------------------------------------------------------------ dataloaders
-    def _loader(self, dataset: Dataset, batch_size: int, **kwargs) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self, dataset: Dataset, batch_size: int, loader: type[DataLoader] = DataLoader, **kwargs
+    ) -> DataLoader:
+        return loader(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
@@ -220,8 +229,11 @@ class ClassDataModule(L.LightningDataModule):
             self.train_gt.image_paths,
             self.train_gt.labels,
             train_transform(self.image_size, self.augmentations, self.normalization),
+            seed=int(np.random.default_rng([self.seed, epoch, 2]).integers(2**62)),
         )
-        return self._loader(dataset, sampler.batch_size, sampler=sampler, drop_last=True)
+        return self._loader(
+            dataset, sampler.batch_size, loader=ResumableDataLoader, sampler=sampler, drop_last=True
+        )
 
     def gallery_dataset(self) -> ImageListDataset:
         return ImageListDataset(self.eval_gt.image_paths, eval_transform(self.image_size, self.normalization))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -13,6 +14,19 @@ from retrieval.data.image_io import load_rgb
 from retrieval.data.truth import BBox
 
 Transform = Callable[[object], torch.Tensor]
+T = TypeVar("T")
+
+
+def seeded_call(seed: int | None, index: int, make: Callable[[], T]) -> T:
+    """``make()`` with torch's global RNG seeded by ``(seed, index)`` alone and restored after
+    (torchvision's random transforms draw from it): item ``index`` gets the same augmentation
+    whatever the worker, the loading order or what ran before (a resumed run). ``seed``
+    None: ``make()`` as it is."""
+    if seed is None:
+        return make()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+        return make()
 
 
 class ImageListDataset(Dataset):
@@ -73,9 +87,4 @@ class TripletDataset(Dataset):
             load_rgb(self.image_paths[positive]),
             load_rgb(self.image_paths[negative]),
         )
-        if self.seed is None:
-            return tuple(self.transform(image) for image in images)
-        # torchvision's random transforms draw from torch's global RNG: fork it
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]))
-            return tuple(self.transform(image) for image in images)
+        return seeded_call(self.seed, index, lambda: tuple(self.transform(image) for image in images))

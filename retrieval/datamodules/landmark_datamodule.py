@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from retrieval.data.ground_truth import RetrievalGroundTruth
 from retrieval.datamodules.image_datasets import ImageListDataset, TripletDataset
 from retrieval.datamodules.negative_pools import EpochNegativePoolSource, NegativePools
+from retrieval.datamodules.resumable import ResumableDataLoader, ResumableSampler
 from retrieval.datamodules.transforms import eval_transform, train_transform
 from retrieval.datamodules.triplets import PairSplit, SplitFunction, draw_triplets, split_positives_per_query
 from retrieval.models.input_normalization import InputNormalization
@@ -196,14 +197,12 @@ class LandmarkDataModule(L.LightningDataModule):
             seed,
         )
 
-    def _loader(
-        self, dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
-    ) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset, batch_size: int, sampler: ResumableSampler | None = None) -> DataLoader:
+        """A training loader (``sampler`` given: resumable mid-epoch) or an evaluation one."""
+        return (ResumableDataLoader if sampler is not None else DataLoader)(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
@@ -216,21 +215,23 @@ class LandmarkDataModule(L.LightningDataModule):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         # Everything random in an epoch derives from (seed, epoch), never from what ran
         # before, so a run resumed from a checkpoint replays the uninterrupted run exactly:
-        # the triplets, their order (generator) and their augmentations (dataset seed).
+        # the triplets, their order (the sampler's seed), their augmentations (the dataset's
+        # seed) and, from a mid-epoch checkpoint, the position in the epoch (resumable.py).
         epoch_seed = int(np.random.default_rng([self.seed, epoch, 2]).integers(2**62))
-        return self._loader(
-            self._triplets(
-                self.train_pairs,
-                epoch,
-                augment=True,
-                limit=self.triplets_per_epoch,
-                seed=epoch_seed,
-                mining_epoch=epoch,
-            ),
-            self.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(epoch_seed),
+        triplets = self._triplets(
+            self.train_pairs,
+            epoch,
+            augment=True,
+            limit=self.triplets_per_epoch,
+            seed=epoch_seed,
+            mining_epoch=epoch,
         )
+        world, rank = (
+            (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        )
+        # torch's DistributedSampler seeds with seed + epoch in 63 bits
+        sampler = ResumableSampler(triplets, num_replicas=world, rank=rank, seed=epoch_seed % 2**62)
+        return self._loader(triplets, self.batch_size, sampler=sampler)
 
     def query_dataset(self) -> ImageListDataset:
         queries = self.eval_gt.queries
@@ -244,8 +245,8 @@ class LandmarkDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         loaders = [
-            self._loader(self.query_dataset(), self.eval_batch_size, False),
-            self._loader(self.database_dataset(), self.eval_batch_size, False),
+            self._loader(self.query_dataset(), self.eval_batch_size),
+            self._loader(self.database_dataset(), self.eval_batch_size),
         ]
         if self.val_triplets and len(self.val_pairs):
             # a fixed draw (epoch 0), so that the validation loss is comparable across epochs
@@ -253,7 +254,6 @@ class LandmarkDataModule(L.LightningDataModule):
                 self._loader(
                     self._triplets(self.val_pairs, 0, augment=False, limit=self.max_val_triplets),
                     self.batch_size,
-                    False,
                 )
             )
         return loaders

@@ -8,20 +8,23 @@ Why not pytorch-metric-learning's ``MPerClassSampler``, which yields the same ba
 * under DDP Lightning wraps a plain sampler in a ``DistributedSamplerWrapper`` that deals
   its indices out round-robin, so a rank's batch would hold K/W images of 2P classes rather
   than P × K. This sampler *is* a ``DistributedSampler`` (Lightning then leaves it alone)
-  and hands each rank whole P×K batches of its own.
+  and hands each rank whole P×K batches of its own;
+* it is a :class:`~retrieval.datamodules.resumable.ResumableSampler`: a checkpoint written
+  mid-epoch resumes at the next batch.
 
 Use it with ``DataLoader(batch_size=P * K, drop_last=True, shuffle=False)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-from torch.utils.data import DistributedSampler
+
+from retrieval.datamodules.resumable import ResumableSampler
 
 
-class PKSampler(DistributedSampler):
+class PKSampler(ResumableSampler):
     """A flat stream of dataset indices, P×K per batch.
 
     Each batch takes ``classes_per_batch`` (P) distinct classes uniformly at random among
@@ -82,5 +85,5 @@ class PKSampler(DistributedSampler):
             )
         return out[self.rank :: self.num_replicas]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(np.concatenate(self.batches()).tolist())
+    def order(self) -> list[int]:
+        return np.concatenate(self.batches()).tolist()

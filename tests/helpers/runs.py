@@ -13,12 +13,12 @@ from tests.helpers.configs import SMALL_VGG_MODEL
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_script(
-    script: str, *overrides: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600
-) -> subprocess.CompletedProcess:
-    """``python <repo>/<script> <overrides>`` in ``cwd`` (``script`` ``-m``: the first override
-    names a module); W&B offline, its caches in ``cwd`` (offline artifacts are staged under
-    the W&B data dir, which must not be the user's)."""
+def start_script(
+    script: str, *overrides: str, cwd: Path, env: dict[str, str] | None = None, **popen
+) -> subprocess.Popen:
+    """Start ``python <repo>/<script> <overrides>`` in ``cwd`` (``script`` ``-m``: the first
+    override names a module), output captured as text; W&B offline, its caches in ``cwd``
+    (offline artifacts are staged under the W&B data dir, which must not be the user's)."""
     wandb_env = {
         "WANDB_MODE": "offline",
         "WANDB_DIR": str(cwd),
@@ -27,14 +27,33 @@ def run_script(
         "WANDB_CONFIG_DIR": str(cwd / ".wandb-config"),
     }
     command = [sys.executable, "-m"] if script == "-m" else [sys.executable, str(REPO_ROOT / script)]
-    return subprocess.run(
+    return subprocess.Popen(
         [*command, *overrides],
         cwd=cwd,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env={**os.environ, **wandb_env, **(env or {})},
+        **popen,
     )
+
+
+def finish(process: subprocess.Popen, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Wait for a started script; a timeout kills it (and raises, as ``subprocess.run`` does)."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_script(
+    script: str, *overrides: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run a script to its end (see :func:`start_script`)."""
+    return finish(start_script(script, *overrides, cwd=cwd, env=env), timeout)
 
 
 # dataset=oxford5k composes the reference recipe (flatten, SSIM negatives, augmentations, 4

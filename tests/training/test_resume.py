@@ -1,4 +1,5 @@
-"""A run resumed from its last checkpoint replays the uninterrupted run exactly."""
+"""A run resumed from a checkpoint replays the uninterrupted run exactly: from an epoch's
+end, and from a mid-epoch checkpoint of a run SIGKILLed as a cluster pre-empts a job."""
 
 from __future__ import annotations
 
@@ -8,53 +9,113 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.runs import run_ok, small_run
+from tests.helpers.processes import temporary_files, wait_for_no_survivors
+from tests.helpers.runs import finish, run_ok, small_run, start_script
 
-# augmentations on, so that the RNG of the transforms matters too
+# augmentations on, so that the RNG of the transforms matters too; 12 triplets in batches of
+# 2: six batches per epoch, loaded by two workers (what made resume inexact before)
 SETTINGS = [
     "augmentation=reference",
     "trainer.deterministic=true",
     "evaluate_before=false",
     "evaluate_after=false",
     "dataset.triplets_per_epoch=12",
+    "dataset.batch_size=2",
+    "dataset.num_workers=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.max_epochs=2",
 ]
+BATCHES_PER_EPOCH = 6
 
 
 def _train(data: Path, tmp: Path, *overrides: str) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     run_ok("train.py", *small_run(data, tmp), *SETTINGS, *overrides, cwd=tmp)
+    return _run_dir(tmp)
+
+
+def _run_dir(tmp: Path) -> Path:
     return next((tmp / "logs" / "train" / "runs").iterdir())
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
 
 
 def _epoch_metrics(run_dir: Path, epoch: int) -> dict[str, float]:
     """The epoch's logged values (Lightning's CSV has one row per logging call)."""
     values: dict[str, float] = {}
-    with (run_dir / "csv" / "metrics.csv").open() as f:
-        for row in csv.DictReader(f):
-            if row.get("epoch") == str(epoch):
-                values.update({k: float(v) for k, v in row.items() if v and k not in ("epoch", "step")})
+    for row in _rows(run_dir):
+        if row.get("epoch") == str(epoch):
+            values.update({k: float(v) for k, v in row.items() if v and k not in ("epoch", "step")})
     return values
+
+
+def _step_losses(run_dir: Path) -> dict[int, float]:
+    return {int(r["step"]): float(r["train/loss_step"]) for r in _rows(run_dir) if r.get("train/loss_step")}
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, weights_only=False)["state_dict"]
 
 
 @pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tiny_landmarks, tmp_path):
-    full = _train(tiny_landmarks, tmp_path / "full", "trainer.max_epochs=2")
+    full = _train(tiny_landmarks, tmp_path / "full")
     first = _train(tiny_landmarks, tmp_path / "first", "trainer.max_epochs=1")
-    resumed = _train(
-        tiny_landmarks,
-        tmp_path / "resumed",
-        "trainer.max_epochs=2",
-        f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}",
-    )
+    resumed = _train(tiny_landmarks, tmp_path / "resumed", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+    assert len(_step_losses(full)) == 2 * BATCHES_PER_EPOCH
     expected, got = _epoch_metrics(full, 1), _epoch_metrics(resumed, 1)
     assert {"train/loss_epoch", "val/mAP", "val/loss"} <= expected.keys()
     assert _epoch_metrics(resumed, 0) == {}  # epoch 0 was not trained again
     for key in ("train/loss_epoch", "val/mAP", "val/loss"):
-        assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
-    # the interrupted run's first epoch was the full run's first epoch
-    assert _epoch_metrics(first, 0)["train/loss_epoch"] == pytest.approx(
-        _epoch_metrics(full, 0)["train/loss_epoch"], rel=1e-5
+        assert got[key] == expected[key], key
+    # every step of the second epoch, and the final weights, bit for bit
+    assert _step_losses(resumed) == {k: v for k, v in _step_losses(full).items() if k >= BATCHES_PER_EPOCH}
+    full_weights, resumed_weights = (
+        _weights(full / "checkpoints" / "last.ckpt"),
+        _weights(resumed / "checkpoints" / "last.ckpt"),
     )
+    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
+    # the interrupted run's first epoch was the full run's first epoch
+    assert _epoch_metrics(first, 0)["train/loss_epoch"] == _epoch_metrics(full, 0)["train/loss_epoch"]
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_resumes_at_the_next_batch(tiny_landmarks, tmp_path):
+    # a checkpoint every 2 steps; SIGKILL after step 8 (epoch 1, batch 2 of 6): no teardown
+    every_2 = "callbacks.step_checkpoint.every_n_train_steps=2"
+    full = _train(tiny_landmarks, tmp_path / "full", every_2)
+    killed_tmp = tmp_path / "killed"
+    killed_tmp.mkdir()
+    process = start_script(
+        "train.py",
+        *small_run(tiny_landmarks, killed_tmp),
+        *SETTINGS,
+        every_2,
+        "+callbacks.kill._target_=tests.helpers.kill.KillAtStep",
+        "+callbacks.kill.step=8",
+        cwd=killed_tmp,
+        start_new_session=True,
+    )
+    result = finish(process)
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert wait_for_no_survivors(process.pid) == []  # its DataLoader workers died with it
+    killed = _run_dir(killed_tmp)
+    assert temporary_files(killed / "checkpoints") == []
+    checkpoint = killed / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=False)["global_step"] == 8
+
+    resumed = _train(tiny_landmarks, tmp_path / "resumed", f"ckpt_path={checkpoint}")
+    after_kill = {k: v for k, v in _step_losses(full).items() if k >= 8}
+    assert _step_losses(resumed) == after_kill  # batches 2..5 of epoch 1, none repeated
+    assert _epoch_metrics(resumed, 1)["val/mAP"] == _epoch_metrics(full, 1)["val/mAP"]
+    full_weights, resumed_weights = (
+        _weights(full / "checkpoints" / "last.ckpt"),
+        _weights(resumed / "checkpoints" / "last.ckpt"),
+    )
+    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
 
 
 @pytest.mark.slow
@@ -63,7 +124,6 @@ def test_last_checkpoint_is_the_latest_epoch_even_after_a_worse_one(tiny_landmar
     run_dir = _train(
         tiny_landmarks,
         tmp_path,
-        "trainer.max_epochs=2",
         "callbacks.model_checkpoint.monitor=epoch",
         "callbacks.model_checkpoint.mode=min",
     )
