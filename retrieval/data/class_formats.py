@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from retrieval.data.class_ground_truth import ClassGroundTruth
-from retrieval.data.landmark_formats import IMAGE_EXTENSIONS
+from retrieval.data.image_checks import find_undecodable
+from retrieval.data.landmark_formats import IMAGE_EXTENSIONS, unreadable_summary
 from retrieval.utils.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ def read_class_folders(root: str | Path | None, name: str = "folder") -> ClassGr
             root,
         )
     images = {d.name: sorted(p for p in d.rglob("*") if _is_image(p)) for d in class_dirs}
+    bad = _skip_unreadable([p for paths in images.values() for p in paths], root, root)
+    images = {c: [p for p in paths if p not in bad] for c, paths in images.items()}
     if not images:
         raise DatasetError(
             f"{root} has no class sub-folders: put each class's images in "
@@ -147,7 +151,19 @@ def read_class_csv(
     return _from_entries(entries, csv_path, name, has_split="split" in at)
 
 
+def _skip_unreadable(paths: list[Path], folder: Path, named_from: Path) -> set[Path]:
+    """The images among ``paths`` that do not decode, left out with one warning naming them
+    (verdicts remembered in ``folder``: see :mod:`~retrieval.data.image_checks`)."""
+    bad = find_undecodable(paths, folder, f"checking images in {folder.name}")
+    if bad:
+        named = {os.path.relpath(path, named_from): reason for path, reason in bad.items()}
+        log.warning("skipped %s", unreadable_summary(named, folder))
+    return set(bad)
+
+
 def _from_entries(entries: list[tuple], csv_path: Path, name: str, has_split: bool) -> ClassGroundTruth:
+    bad = _skip_unreadable([e[1] for e in entries], csv_path.parent, csv_path.parent)
+    entries = [e for e in entries if e[1] not in bad]
     by_label: dict[str, list[str]] = defaultdict(list)
     for _, _, label, _, where in entries:
         by_label[label].append(where)

@@ -17,10 +17,9 @@ import re
 from pathlib import Path
 
 import numpy as np
-from rich.progress import track
 
 from retrieval.data.ground_truth import Query, RetrievalGroundTruth
-from retrieval.data.image_io import image_problem
+from retrieval.data.image_checks import find_undecodable
 from retrieval.data.truth import BBox
 from retrieval.utils.errors import DatasetError
 
@@ -32,25 +31,23 @@ _OXFORD_PREFIX = "oxc1_"  # Oxford's query files name images with this prefix; P
 
 
 def skip_unreadable(index: dict[str, Path], where: Path) -> dict[str, str]:
-    """Remove unreadable images from ``index`` (Paris6k ships about 20 corrupt files; an
-    interrupted extraction leaves truncated ones) with one warning naming them; returns
-    name -> reason for the skipped ones."""
-    problems = {}
-    for name, path in track(
-        list(index.items()),
-        description=f"checking images in {where.name}",
-        disable=len(index) < 2000,
-        transient=True,
-    ):
-        if (problem := image_problem(path)) is not None:
-            problems[name] = problem
+    """Remove images that do not decode from ``index`` (Paris6k ships about 20 corrupt files;
+    an interrupted extraction leaves truncated ones; a damaged JPEG keeps its header) with one
+    warning naming them; returns name -> reason for the skipped ones."""
+    bad = find_undecodable(list(index.values()), where, f"checking images in {where.name}")
+    problems = {name: bad[path] for name, path in index.items() if path in bad}
     for name in problems:
         del index[name]
     if problems:
-        listed = "; ".join(f"{index_name} ({reason})" for index_name, reason in list(problems.items())[:25])
-        more = f" and {len(problems) - 25} more" if len(problems) > 25 else ""
-        log.warning("skipped %d unreadable image(s) in %s: %s%s", len(problems), where, listed, more)
+        log.warning("skipped %s", unreadable_summary(problems, where))
     return problems
+
+
+def unreadable_summary(problems: dict[str, str], where: Path, shown: int = 25) -> str:
+    """``"N unreadable image(s) in WHERE: a (reason); b (reason) and K more"``: one bounded line."""
+    listed = "; ".join(f"{name} ({reason})" for name, reason in list(problems.items())[:shown])
+    more = f" and {len(problems) - shown} more" if len(problems) > shown else ""
+    return f"{len(problems)} unreadable image(s) in {where}: {listed}{more}"
 
 
 def index_images(images_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
@@ -151,7 +148,14 @@ def load_classic_ground_truth(
         queries.append(
             Query(name=query_name, landmark=match["landmark"], path=images[query_name], bbox=bbox, **labels)
         )
-    return RetrievalGroundTruth(name, image_names, [images[n] for n in image_names], queries, "classic")
+    return RetrievalGroundTruth(
+        name,
+        image_names,
+        [images[n] for n in image_names],
+        queries,
+        "classic",
+        skipped=[f"{n} ({reason})" for n, reason in skipped.items()],
+    )
 
 
 def load_revisited_ground_truth(

@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retrieval.data import image_checks
+from retrieval.data.class_formats import read_class_folders
+from retrieval.data.image_checks import decode_problem, find_undecodable
 from retrieval.data.image_io import image_problem, load_rgb
 from retrieval.data.landmark_formats import load_classic_ground_truth
 from tests.helpers.vgg import write_vgg
@@ -114,3 +117,61 @@ def test_an_unreadable_query_image_is_an_error_naming_it(tmp_path):
         Exception, match="arch_1_query.txt:1 names query image 'arch_000000', which is unreadable"
     ):
         load_classic_ground_truth(root, name="oxford5k")
+
+
+def _damaged_jpeg(path: Path) -> Path:
+    """A JPEG whose entropy-coded data is overwritten in the middle: header and end marker
+    intact, as a bad sector or a flipped download leaves it (this damage makes Pillow raise
+    "broken data stream"; some other byte patterns libjpeg decodes with a warning only)."""
+    smooth = np.linspace(0, 255, 256)[None, :, None] * np.ones((192, 1, 3))
+    pixels = (smooth * 0.7 + np.random.default_rng(1).normal(0, 30, smooth.shape)).clip(0, 255)
+    Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 3000] = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_jpeg_with_damaged_data_is_found_by_decoding_once(tmp_path, monkeypatch):
+    damaged = _damaged_jpeg(tmp_path / "damaged.jpg")
+    good = _save(tmp_path / "good.jpg", Image.fromarray(RGB))
+    assert image_problem(damaged) is None  # the header check alone lets it through
+    with pytest.raises(OSError):
+        load_rgb(damaged)
+    assert decode_problem(damaged).startswith("damaged image data")
+    assert find_undecodable([damaged, good], tmp_path) == {damaged: decode_problem(damaged)}
+
+    decoded: list[Path] = []
+
+    def counting(path: Path) -> str | None:
+        decoded.append(path)
+        return decode_problem(path)
+
+    monkeypatch.setattr(image_checks, "decode_problem", counting)
+    assert list(find_undecodable([damaged, good], tmp_path)) == [damaged]
+    assert decoded == []  # remembered: nothing decoded again
+    _save(good, Image.fromarray(RGB[::-1]), quality=50)  # a changed file is checked again
+    assert list(find_undecodable([damaged, good], tmp_path)) == [damaged] and decoded == [good]
+    (tmp_path / image_checks.CHECKS_FILE).write_text("{not json")  # a damaged record: check all again
+    assert list(find_undecodable([damaged, good], tmp_path)) == [damaged] and len(decoded) == 3
+
+
+def test_damaged_jpegs_leave_landmark_and_class_sets_with_a_warning(tmp_path, caplog):
+    root = write_vgg(tmp_path / "oxford5k")
+    _damaged_jpeg(root / "jpg" / "random_000001.jpg")
+    classes = tmp_path / "classes"
+    for label in ("cats", "dogs"):
+        for i in range(3):
+            (classes / label).mkdir(parents=True, exist_ok=True)
+            _save(classes / label / f"{i}.jpg", Image.fromarray(RGB))
+    _damaged_jpeg(classes / "dogs" / "1.jpg")
+    with caplog.at_level(logging.WARNING):
+        landmarks = load_classic_ground_truth(root, name="oxford5k")
+        folder = read_class_folders(classes)
+    assert "random_000001" not in landmarks.image_names
+    assert landmarks.skipped and landmarks.skipped[0].startswith("random_000001 (damaged image data")
+    assert "dogs/1.jpg" not in folder.image_names and len(folder.image_names) == 5
+    assert (
+        "random_000001 (damaged image data" in caplog.text and "dogs/1.jpg (damaged image data" in caplog.text
+    )
