@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,25 @@ def test_every_search_config_finds_the_neighbours(config):
     assert recall >= 0.8, f"{config.stem}: recall@10 {recall:.2f}"
     assert np.mean(indices[:, 0] == sources) >= 0.95
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+
+
+def test_default_whitening_is_kept_only_where_it_does_not_lower_the_map(data, tmp_path):
+    ckpt = save_checkpoint(tmp_path / "model.ckpt", seed=0)
+    common = [*SMALL, f"ckpt_path={ckpt}", f"paths.data_dir={data}", f"paths.log_dir={tmp_path / 'logs'}"]
+    result = run_module(
+        "retrieval.pipelines.database", "build", *common, f"db_dir={tmp_path / 'db'}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = re.search(
+        r"mAP over the oxford5k queries ([\d.]+) plain, ([\d.]+) PCA-whitened", result.stdout
+    )
+    assert measured is not None, result.stdout
+    plain, whitened = (float(v) for v in measured.groups())
+    meta = json.loads((tmp_path / "db" / "meta.json").read_text())
+    assert (meta["whitening"] is not None) == (whitened > plain)
+    if meta["whitening"] is not None:
+        assert meta["whitening"]["chosen_by"]["whitened"] == pytest.approx(whitened / 100, abs=1e-4)
+    bad = run_module(
+        "retrieval.pipelines.database", "build", *common, "whitening.enabled=maybe", cwd=tmp_path
+    )
+    assert bad.returncode == 2 and "whitening.enabled='maybe': use true, false or auto" in bad.stderr
