@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +24,7 @@ from retrieval.pipelines.report import print_metrics
 from retrieval.pipelines.variants import pretrained
 from retrieval.tracking.wandb_run import finishing_wandb_run
 from retrieval.training.evaluation_callback import RetrievalEvaluation
+from retrieval.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,24 @@ def _best_checkpoint(callbacks: list) -> ModelCheckpoint | None:
     return next((c for c in checkpoints if c.monitor is not None), checkpoints[0] if checkpoints else None)
 
 
+def _in_metric_sweep() -> bool:
+    """Whether this job runs under a sweeper that maximises its return value (Optuna)."""
+    try:
+        sweeper = HydraConfig.get().sweeper
+    except ValueError:  # composed outside a Hydra app (tests, notebooks)
+        return False
+    return "optuna" in str(sweeper.get("_target_", "")).lower()
+
+
 def train(cfg: DictConfig) -> float | None:
     """Run one training job; returns ``cfg.optimized_metric`` of the final evaluation."""
+    if _in_metric_sweep() and not (cfg.evaluate_after and cfg.train):
+        raise UserFacingError(
+            f"an Optuna sweep maximises {cfg.optimized_metric} of each trial's final evaluation, "
+            "but this configuration does not train and evaluate (evaluate_after=false or "
+            "train=false; debug=fast skips evaluation). For a quick sweep use debug=limit, e.g. "
+            "python train.py hparams_search=optuna debug=limit hydra.sweeper.n_trials=2"
+        )
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -13,8 +14,18 @@ def _mkdir(path: str) -> str:
     return path
 
 
+def _launch_dir() -> str:
+    """``${launch_dir:}``: the folder the command was started from. Not ``${hydra:runtime.cwd}``:
+    Hydra sets that only inside a job, and a multirun resolves ``hydra.sweep.dir`` (which
+    sits under ``paths.log_dir``) before any job exists. Jobs never change directory
+    (``hydra.job.chdir=false``), so both name the same folder."""
+    return os.getcwd()
+
+
 def register_resolvers() -> None:
     """Idempotent: entry scripts call it at import, and submitit jobs (which unpickle the
     task function without running the script's module code) once more inside it."""
     if not OmegaConf.has_resolver("mkdir"):
         OmegaConf.register_new_resolver("mkdir", _mkdir)
+    if not OmegaConf.has_resolver("launch_dir"):
+        OmegaConf.register_new_resolver("launch_dir", _launch_dir)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from retrieval.tracking.offline_run import offline_runs
-from tests.helpers.runs import run_ok, tiny_run
+from tests.helpers.runs import REPO_ROOT, run_ok, run_script, tiny_run
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +102,25 @@ def test_submitit_launcher_runs_jobs_as_subprocesses(tiny_landmarks, tmp_path):
     runs = offline_runs(sweep)
     assert len(runs) == 2 and all(r.exit_code == 0 for r in runs)
     assert {r.config["hydra"]["choices"]["hydra/launcher"] for r in runs} == {"local"}
+
+
+def test_the_readme_sweep_commands_run_as_printed(tmp_path):
+    # exactly the README's commands, launched from a fresh folder with no paths.* overrides
+    # (the sweep folder lies under paths.log_dir, resolved before any job exists), each made
+    # a smoke test by one debug option; the toy set is generated under tmp_path/data
+    readme = (REPO_ROOT / "README.md").read_text()
+    grid, optuna = (
+        "python train.py -m model.optimizer.lr=1e-6,5e-6 model.loss.margin=1,2",
+        "python train.py hparams_search=optuna",
+    )
+    assert grid in readme and optuna in readme
+    result = run_ok("train.py", *grid.split()[2:], "debug=fast", cwd=tmp_path)
+    [sweep] = (tmp_path / "logs" / "debug" / "multiruns").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"], result.stderr[
+        -2000:
+    ]
+    # debug=fast has no evaluation to maximise: one paragraph, before any trial trains
+    bad = run_script("train.py", *optuna.split()[2:], "debug=fast", cwd=tmp_path)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "an Optuna sweep maximises val/mAP" in bad.stderr and "debug=limit" in bad.stderr
+    assert "Traceback" not in bad.stderr
