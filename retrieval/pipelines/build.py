@@ -7,9 +7,10 @@ import logging
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from retrieval.models.input_normalization import InputNormalization
+from retrieval.utils.arguments import check_arguments
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ def instantiate_group(group: DictConfig | None) -> list:
 def build_trainer(
     cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Logger], **overrides
 ) -> L.Trainer:
+    check_arguments(L.Trainer, OmegaConf.to_container(cfg.trainer, resolve=True), "trainer")  # type: ignore[arg-type]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 

@@ -19,6 +19,7 @@ from retrieval.pipelines.cli import hydra_command
 from retrieval.serving.database import load_database
 from retrieval.serving.searcher import DatabaseSearcher, Match
 from retrieval.utils.errors import UserFacingError
+from retrieval.utils.validation import whole_number
 
 USAGE = "retrieval-query image=PATH db=DIR [k=10] [bbox=[x1,y1,x2,y2]] [--json]"
 
@@ -36,10 +37,13 @@ def run_query(cfg: DictConfig) -> list[Match]:
     for key in ("image", "db"):
         if OmegaConf.is_missing(cfg, key) or not cfg[key]:
             raise UserFacingError(f"{key}= is required; usage: {USAGE}")
+    k = whole_number(cfg.k, "k")  # before loading anything
+    bbox = cfg.bbox
+    if bbox is not None and not OmegaConf.is_list(bbox):
+        raise UserFacingError(f"bbox={bbox!r} is not a box; write bbox=[x1,y1,x2,y2] (pixels)")
     artifact = load_database(cfg.db)
     searcher = DatabaseSearcher(artifact, hydra.utils.instantiate(cfg.search), cfg.ckpt_path, cfg.device)
-    bbox = list(cfg.bbox) if cfg.bbox is not None else None
-    matches = searcher.query(cfg.image, int(cfg.k), bbox)
+    matches = searcher.query(cfg.image, k, list(bbox) if bbox is not None else None)
     if cfg.json:
         print(json.dumps([asdict(m) for m in matches], indent=1))
     else:

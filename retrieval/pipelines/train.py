@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from retrieval.models.checkpoints import load_weights
 from retrieval.pipelines.build import build_datamodule, build_model, build_trainer, instantiate_group
 from retrieval.pipelines.cli import hydra_command
 from retrieval.pipelines.report import print_metrics
@@ -66,6 +67,8 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)
+    if cfg.ckpt_path:  # a wrong file is one paragraph now, not a traceback from inside Lightning
+        load_weights(model, cfg.ckpt_path)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)

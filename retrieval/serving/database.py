@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,8 +112,10 @@ class DatabaseArtifact:
             np.save(tmp / EMBEDDINGS, self.embeddings)
             if self.whitening is not None:
                 np.savez(tmp / WHITENING, **self.whitening.to_dict())
+            # the manifest: a swapped, re-ordered or damaged array file is refused at load
+            files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
             # meta.json last: a directory with meta.json was written completely
-            (tmp / META).write_text(json.dumps(self.meta(), indent=1))
+            (tmp / META).write_text(json.dumps({**self.meta(), "files": files}, indent=1))
         return target
 
 
@@ -158,7 +161,45 @@ def load_database(directory: str | Path) -> DatabaseArtifact:
         ) from None
 
 
+def _check_manifest(meta: dict, directory: Path) -> None:
+    """Each file's sha256 against the one recorded at build time (databases built before the
+    manifest have none: nothing to compare)."""
+    for name, recorded in (meta.get("files") or {}).items():
+        path = directory / name
+        if not path.is_file():
+            raise DatabaseError(f"database {directory} is incomplete: {name} is missing; rebuild it")
+        if file_sha256(path) != recorded:
+            raise DatabaseError(
+                f"database {directory}: {name} is not the file it was built with (sha256 differs "
+                f"from {META}: modified, re-ordered or damaged); rebuild it with {BUILD_HINT}"
+            )
+
+
+# stored vectors are unit rows; float16 storage moves a norm by ~1e-3
+_NORM_TOLERANCE = 1e-2
+
+
+def _check_vectors(embeddings: np.ndarray, directory: Path) -> None:
+    """Finite unit rows, or an error naming the first bad row: NaN scores would otherwise
+    come back from every query."""
+    rows = np.asarray(embeddings, dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if bad.size:
+        raise DatabaseError(
+            f"database {directory}: {bad.size} row(s) of {EMBEDDINGS} are not finite (first: row "
+            f"{bad[0]}); rebuild it with {BUILD_HINT}"
+        )
+    norms = np.linalg.norm(rows, axis=1)
+    off = np.flatnonzero(np.abs(norms - 1.0) > _NORM_TOLERANCE)
+    if off.size:
+        raise DatabaseError(
+            f"database {directory}: {off.size} row(s) of {EMBEDDINGS} are not unit vectors (row "
+            f"{off[0]} has norm {norms[off[0]]:.4f}); rebuild it with {BUILD_HINT}"
+        )
+
+
 def _artifact_from(meta: dict, directory: Path) -> DatabaseArtifact:
+    _check_manifest(meta, directory)
     embeddings = _load_array(directory / EMBEDDINGS)
     paths, names, dim = meta["images"]["paths"], meta["images"]["names"], meta["embedding"]["dim"]
     if embeddings.ndim != 2 or embeddings.shape != (len(paths), dim) or len(names) != len(paths):
@@ -166,10 +207,16 @@ def _artifact_from(meta: dict, directory: Path) -> DatabaseArtifact:
             f"database {directory}: {EMBEDDINGS} has shape {embeddings.shape} but {META} lists "
             f"{len(paths)} images of dimension {dim}; rebuild it"
         )
+    _check_vectors(embeddings, directory)
     whitening = None
     if meta["whitening"] is not None:
-        with _open_npz(directory / WHITENING) as stored:
-            whitening = Whitening.from_dict(stored)
+        try:
+            with _open_npz(directory / WHITENING) as stored:
+                whitening = Whitening.from_dict(stored)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:  # truncated or not an npz
+            raise DatabaseError(
+                f"database {directory}: {WHITENING} is unreadable ({error}); rebuild it with {BUILD_HINT}"
+            ) from None
     return DatabaseArtifact(
         embeddings=embeddings,
         image_paths=paths,

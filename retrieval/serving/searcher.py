@@ -19,6 +19,7 @@ from retrieval.models.inference import embed_batch, resolve_device
 from retrieval.serving.database import DatabaseArtifact, load_model_for_database
 from retrieval.serving.search import SearchIndex
 from retrieval.utils.errors import UserFacingError
+from retrieval.utils.validation import box_problem
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,22 @@ class DatabaseSearcher:
 
 
 def _read_image(path: Path, bbox: Sequence[float] | None):
+    """The query image as RGB, cropped to ``bbox``; every bad input is a readable error."""
+    if path.is_dir():
+        raise UserFacingError(f"query image {path} is a folder; pass one image file (image=PATH)")
     if not path.is_file():
         raise UserFacingError(f"query image {path} does not exist (image=PATH)")
-    if bbox is not None and len(bbox) != 4:
-        raise UserFacingError(f"bbox must be [x1,y1,x2,y2], got {list(bbox)}")
     try:
+        if bbox is not None:
+            with Image.open(path) as header:  # the size only: nothing decoded yet
+                size = header.size
+            if (problem := box_problem(list(bbox), *size)) is not None:
+                raise UserFacingError(f"bbox={list(bbox)}: {problem} ({path.name})")
         return load_rgb(path, tuple(float(v) for v in bbox) if bbox is not None else None)
+    except Image.DecompressionBombError:
+        raise UserFacingError(
+            f"query image {path} has more than {Image.MAX_IMAGE_PIXELS:,} pixels; refused as a "
+            "possible decompression bomb (downscale it first)"
+        ) from None
     except (UnidentifiedImageError, OSError) as error:
         raise UserFacingError(f"query image {path} could not be read as an image ({error})") from None

@@ -157,6 +157,21 @@ def test_existing_database_or_folder_is_not_replaced_silently(tmp_path):
     assert (tmp_path / "photos" / "holiday.jpg").exists()
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _unlisted(path: Path, embeddings: np.ndarray | None, truncate: str | None = None) -> None:
+    """Damage a database as one built before the manifest (no sha256 to compare) would be."""
+    meta = json.loads((path / "meta.json").read_text())
+    del meta["files"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    if embeddings is not None:
+        np.save(path / "embeddings.npy", embeddings)
+    if truncate:
+        _truncate(path / truncate)
+
+
 @pytest.mark.parametrize(
     "breakage,message",
     [
@@ -168,8 +183,21 @@ def test_existing_database_or_folder_is_not_replaced_silently(tmp_path):
             "lacks 'images'",
         ),
         (lambda p: (p / "embeddings.npy").unlink(), "embeddings.npy is missing"),
-        (lambda p: np.save(p / "embeddings.npy", np.zeros((3, 8), np.float16)), r"shape \(3, 8\)"),
+        (
+            lambda p: np.save(p / "embeddings.npy", np.zeros((3, 8), np.float16)),
+            "embeddings.npy is not the file",
+        ),
+        (lambda p: _unlisted(p, np.zeros((3, 8), np.float16)), r"shape \(3, 8\)"),
         (lambda p: (p / "whitening.npz").unlink(), "whitening.npz is missing"),
+        # same shape, rows re-ordered: only the manifest sees it
+        (
+            lambda p: np.save(p / "embeddings.npy", np.load(p / "embeddings.npy")[::-1]),
+            "embeddings.npy is not the file",
+        ),
+        (lambda p: _unlisted(p, np.full((40, 8), np.nan, np.float16)), r"40 row\(s\) .* are not finite"),
+        (lambda p: _unlisted(p, np.ones((40, 8), np.float16)), "are not unit vectors"),
+        (lambda p: _truncate(p / "whitening.npz"), "whitening.npz is not the file"),
+        (lambda p: _unlisted(p, None, truncate="whitening.npz"), "whitening.npz is unreadable"),
     ],
 )
 def test_broken_database_is_refused_clearly(tmp_path, breakage, message):
