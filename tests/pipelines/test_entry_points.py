@@ -31,6 +31,10 @@ def test_missing_dataset_exits_with_one_paragraph(tmp_path):
 def test_fast_dev_run_trains_one_batch(tiny_landmarks, tmp_path):
     result = run_ok("train.py", *small_run(tiny_landmarks, tmp_path), "debug=fast", cwd=tmp_path)
     assert "fast_dev_run" in result.stdout + result.stderr
+    # a smoke test writes its config, log and plots only: no checkpoint, no W&B or CSV run
+    [run_dir] = (tmp_path / "logs" / "debug" / "runs").iterdir()
+    written = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
+    assert [p for p in written if not p.startswith((".hydra/", "plots/"))] == ["debug.log"], written
 
 
 @pytest.fixture(scope="module")
