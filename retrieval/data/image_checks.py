@@ -5,13 +5,15 @@ the header check (:func:`~retrieval.data.image_io.image_problem`) passes it and 
 later dies in the middle of an epoch ("broken data stream"). Only decoding finds that damage.
 Decoding at 1/8 scale (libjpeg's DCT scaling, ``Image.draft``) still reads every coefficient
 and costs about half a full decode; Pillow releases the GIL while decoding, so a thread pool
-uses every core. The verdicts live in a small JSON beside the images (keyed by file name,
-size and modification time), so a collection is decoded once, not at every start; where the
-folder is read-only the check simply runs again next time.
+uses every core. The verdicts live in a small JSON in the user's cache
+(``$RETRIEVAL_CACHE`` or ``~/.cache/retrieval``, one file per image folder; keyed by file
+name, size and modification time), never inside the dataset, so a collection is decoded
+once, not at every start.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +29,6 @@ from retrieval.utils.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
-CHECKS_FILE = ".retrieval-image-checks.json"
 _VERSION = 1  # bump when the checks change, so old verdicts are not trusted
 
 
@@ -43,6 +44,13 @@ def decode_problem(path: Path) -> str | None:
     except (OSError, SyntaxError, ValueError) as error:
         return f"damaged image data ({error})"
     return None
+
+
+def checks_file(folder: Path) -> Path:
+    """Where the verdicts of ``folder``'s images are remembered."""
+    root = Path(os.environ.get("RETRIEVAL_CACHE", Path.home() / ".cache" / "retrieval"))
+    digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
+    return root / "image-checks" / f"{folder.name}-{digest}.json"
 
 
 def _stamp(path: Path) -> list[int]:
@@ -64,7 +72,7 @@ def find_undecodable(
     """``path -> reason`` for the images among ``paths`` that do not decode. Verdicts are
     remembered in ``folder / CHECKS_FILE`` (``paths`` named relative to ``folder`` where
     they lie below it), so only new or changed files are decoded again."""
-    checks = folder / CHECKS_FILE
+    checks = checks_file(folder)
     verdicts = _read_verdicts(checks)
 
     def key(path: Path) -> str:
@@ -84,6 +92,7 @@ def find_undecodable(
             for path, problem in zip(todo, found, strict=True):
                 verdicts[key(path)] = [*stamps[path], problem]
         try:
+            checks.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(checks, json.dumps({"version": _VERSION, "images": verdicts}), fsync=False)
         except OSError as error:  # a read-only dataset: nothing remembered, nothing broken
             log.debug("could not remember image checks in %s: %s", checks, error)

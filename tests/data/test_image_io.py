@@ -153,7 +153,7 @@ def test_a_jpeg_with_damaged_data_is_found_by_decoding_once(tmp_path, monkeypatc
     assert decoded == []  # remembered: nothing decoded again
     _save(good, Image.fromarray(RGB[::-1]), quality=50)  # a changed file is checked again
     assert list(find_undecodable([damaged, good], tmp_path)) == [damaged] and decoded == [good]
-    (tmp_path / image_checks.CHECKS_FILE).write_text("{not json")  # a damaged record: check all again
+    image_checks.checks_file(tmp_path).write_text("{not json")  # a damaged record: check all again
     assert list(find_undecodable([damaged, good], tmp_path)) == [damaged] and len(decoded) == 3
 
 

@@ -62,7 +62,7 @@ def test_config_reaches_the_settings():
 @pytest.mark.parametrize(
     "breakage,message",
     [
-        ("embeddings", "does not match its model: re-embedding .* cosine"),
+        ("embeddings", "is not the file it was built with|does not match its model: re-embedding .* cosine"),
         ("checkpoint", "was built with another checkpoint"),
         ("image_root", "the images of database .* are not at"),
     ],
