@@ -17,7 +17,11 @@ centre ``crop_size`` x ``crop_size`` crop *without resizing*. Differences, chose
 The cache is one ``np.lib.format.open_memmap`` file (N, c, c) or (N, c, c, 3) uint8 per set
 of (files, sizes, mtimes, crop parameters) plus a JSON sidecar naming unreadable and
 small images. Both are written to temporary names and renamed into place, sidecar last
-(:mod:`retrieval.utils.atomic`), so a killed build leaves no half-written cache behind.
+(:mod:`retrieval.utils.atomic`), so a killed build leaves no half-written cache behind;
+the temporaries a killed build leaves are deleted when the next build starts
+(:func:`remove_stale_temporaries`). A cache that is damaged anyway (a truncated array, a
+sidecar that does not parse or does not describe this set) is reported once, naming the
+file, and decoded again.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,12 +41,66 @@ from PIL import Image
 from rich.progress import Progress
 
 from retrieval.data.image_io import load_rgb
-from retrieval.utils.atomic import atomic_file, write_atomic
+from retrieval.utils.atomic import atomic_file, remove_stale, write_atomic
 
 log = logging.getLogger(__name__)
 
 CROP_VERSION = 1  # bump when preprocessing changes: it is part of the cache key
 SMALL_POLICIES = ("upscale", "exclude")
+LISTED = 10  # names a message lists before "and N more"
+
+
+def name_some(names: Iterable[object], limit: int = LISTED) -> str:
+    """``a, b, c`` -- the first ``limit`` names, then ``and N more``: a message stays one
+    readable line whether 3 files or 30,000 are concerned."""
+    names = [str(n) for n in names]
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+# the atomic writers' temporaries (.NAME.tmp-PID-HEX[.suffix], .NAME.old-PID-HEX) and those of
+# earlier versions of this module (.NAME.tmpPID[.npy], written by np.save / write_text)
+_ATOMIC_TEMPORARY = re.compile(r"\.(?P<target>.+?)\.(?:tmp|old)-\d+-[0-9a-f]+(?:\.[^.]+)?")
+_LEGACY_TEMPORARY = re.compile(r"\.(?P<target>.+)\.tmp(?P<pid>\d+)(?:\.npy)?")
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process, or we cannot tell: keep its files
+        return False
+    return False
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries in ``folder`` that a killed run left (their pid is dead):
+    those of :mod:`retrieval.utils.atomic` (through its :func:`remove_stale`) and those of
+    earlier versions of the miner. Files of live processes (a concurrent run) are kept."""
+    try:
+        names = [entry.name for entry in Path(folder).iterdir() if entry.name.startswith(".")]
+    except OSError:
+        return []
+    removed: list[Path] = []
+    for target in sorted({m["target"] for n in names if (m := _ATOMIC_TEMPORARY.fullmatch(n))}):
+        removed += remove_stale(Path(folder) / target)
+    for name in names:
+        match = _LEGACY_TEMPORARY.fullmatch(name)
+        if match is not None and int(match["pid"]) != os.getpid() and _process_gone(int(match["pid"])):
+            (Path(folder) / name).unlink(missing_ok=True)
+            removed.append(Path(folder) / name)
+    return removed
+
+
+def report_removed(removed: list[Path]) -> None:
+    """Log, in one line, the temporaries :func:`remove_stale_temporaries` deleted."""
+    if removed:
+        log.info(
+            "removed %d temporary file(s) left by killed runs: %s",
+            len(removed),
+            name_some(p.name for p in removed),
+        )
 
 
 @dataclass(frozen=True)
@@ -125,13 +184,14 @@ class CropCache:
             ok[self.small] = False
         return ok
 
-    def report(self, paths: Sequence[str | Path]) -> None:
-        """Log what was skipped or changed, naming the files."""
+    def report(self, paths: Sequence[str | Path], reasons: dict[int, str] | None = None) -> None:
+        """Log what was skipped or changed, naming the first files (one line each)."""
         if self.failed:
+            reasons = reasons or {}
             log.warning(
                 "%d unreadable image(s) skipped (never candidates): %s",
                 len(self.failed),
-                ", ".join(str(paths[i]) for i in self.failed),
+                name_some(f"{paths[i]}{f' ({reasons[i]})' if i in reasons else ''}" for i in self.failed),
             )
         if self.small:
             action = (
@@ -144,8 +204,15 @@ class CropCache:
                 len(self.small),
                 self.spec.crop_size,
                 action,
-                ", ".join(str(paths[i]) for i in self.small),
+                name_some(paths[i] for i in self.small),
             )
+
+
+def _reason(error: Exception, path: str | Path, limit: int = 80) -> str:
+    """``Type: message`` in a few words: without the path (decoders repeat it), cut at ``limit``."""
+    message = str(error).replace(f"'{path}'", "").replace(str(path), "").strip(" :")
+    message = message if len(message) <= limit else message[: limit - 3] + "..."
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def _decode_all(
@@ -154,12 +221,14 @@ def _decode_all(
     spec: CropSpec,
     num_workers: int,
     show_progress: bool,
-) -> tuple[list[int], list[int]]:
-    """Decode every image into a new memory-mapped array at ``target``: (failed, small) indices."""
+) -> tuple[dict[int, str], list[int]]:
+    """Decode every image into a new memory-mapped array at ``target``: (why each failed
+    image failed, small indices)."""
     crops = np.lib.format.open_memmap(
         target, mode="w+", dtype=np.uint8, shape=(len(image_paths), *spec.shape)
     )
-    failed, small = [], []
+    failed: dict[int, str] = {}
+    small: list[int] = []
 
     def decode(index: int) -> None:
         try:
@@ -168,19 +237,46 @@ def _decode_all(
                 small.append(index)
         except SmallImageError:
             small.append(index)
-        except Exception as error:  # noqa: BLE001 -- any decoder failure: skip the image, name it, go on
-            log.warning("cannot read %s (%s: %s); skipped", image_paths[index], type(error).__name__, error)
-            failed.append(index)
+        except Exception as error:  # noqa: BLE001 -- any decoder failure: skip the image, report it, go on
+            failed[index] = _reason(error, image_paths[index])
 
-    with (
-        Progress(disable=not show_progress) as progress,
-        ThreadPoolExecutor(max(1, num_workers)) as pool,
-    ):
-        task = progress.add_task("decoding crops", total=len(image_paths))
-        for _ in pool.map(decode, range(len(image_paths))):
-            progress.advance(task)
+    pool = ThreadPoolExecutor(max(1, num_workers))
+    try:
+        with Progress(disable=not show_progress) as progress:
+            task = progress.add_task("decoding crops", total=len(image_paths))
+            for _ in pool.map(decode, range(len(image_paths))):
+                progress.advance(task)
+    finally:  # on Ctrl-C, do not decode the images not started yet
+        pool.shutdown(wait=True, cancel_futures=True)
     crops.flush()
-    return sorted(failed), sorted(small)
+    return dict(sorted(failed.items())), sorted(small)
+
+
+def _damage(array_path: Path, meta_path: Path, count: int, spec: CropSpec) -> str | None:
+    """Why the cache at ``array_path``/``meta_path`` cannot be this set's crops, or None."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return f"{meta_path.name} does not parse ({type(error).__name__}: {error})"
+    if not isinstance(meta, dict):
+        meta = {}
+    lists = meta.get("failed"), meta.get("small")
+    if (
+        meta.get("count") != count
+        or meta.get("spec") != asdict(spec)
+        or not all(isinstance(v, list) and all(type(i) is int and 0 <= i < count for i in v) for v in lists)
+    ):
+        return f"{meta_path.name} does not describe these {count} images"
+    expected = (count, *spec.shape)
+    try:
+        crops = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:  # e.g. "mmap length is greater than file size"
+        return f"{array_path.name} does not load ({type(error).__name__}: {error})"
+    if crops.shape != expected or crops.dtype != np.uint8:
+        return f"{array_path.name} holds {crops.dtype}{list(crops.shape)}, not uint8{list(expected)}"
+    if array_path.stat().st_size < crops.offset + crops.nbytes:
+        return f"{array_path.name} is truncated"
+    return None
 
 
 def build_crop_cache(
@@ -193,21 +289,31 @@ def build_crop_cache(
     """Decode every image once into ``cache_dir/crops-<key>.npy`` (or reuse it) and return it.
 
     Decoding runs in a thread pool (PIL releases the GIL while decoding and resizing).
-    Unreadable images are logged and listed in ``failed``, never fatal.
+    Unreadable images are logged (one line, the first names) and listed in ``failed``,
+    never fatal. Temporaries of killed builds are removed first; a damaged cache is
+    reported and decoded again.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    report_removed(remove_stale_temporaries(cache_dir))
     key = digest({"version": CROP_VERSION, "spec": asdict(spec), "files": fingerprint(image_paths)})
     array_path, meta_path = (
         cache_dir / f"crops-{key[:24]}.npy",
         cache_dir / f"crops-{key[:24]}.json",
     )
-    if not (meta_path.exists() and array_path.exists()):  # the sidecar, written last, marks completion
+    reasons: dict[int, str] = {}
+    # the sidecar, written last, marks completion: without it the build was interrupted
+    complete = meta_path.exists() and array_path.exists()
+    if complete and (damage := _damage(array_path, meta_path, len(image_paths), spec)) is not None:
+        log.warning("crop cache %s is damaged (%s): decoding the crops again", array_path, damage)
+        complete = False
+    if not complete:
+        meta_path.unlink(missing_ok=True)  # a crash between the two renames must not pair old and new
         with atomic_file(array_path) as tmp:
-            failed, small = _decode_all(image_paths, tmp, spec, num_workers, show_progress)
-        meta = {"spec": asdict(spec), "failed": failed, "small": small, "count": len(image_paths)}
+            reasons, small = _decode_all(image_paths, tmp, spec, num_workers, show_progress)
+        meta = {"spec": asdict(spec), "failed": list(reasons), "small": small, "count": len(image_paths)}
         write_atomic(meta_path, json.dumps(meta, indent=1))
     meta = json.loads(meta_path.read_text())
     cache = CropCache(np.load(array_path, mmap_mode="r"), spec, meta["failed"], meta["small"], array_path)
-    cache.report(image_paths)
+    cache.report(image_paths, reasons)
     return cache

@@ -1,9 +1,15 @@
-"""SSIM miner: parity with a brute-force skimage loop, cache/resume, unreadable and small images."""
+"""SSIM miner: parity with a brute-force skimage loop, cache/resume (per query and per block of
+images), damaged cache files, stray temporaries, unreadable and small images, bounded
+messages, settings checked first, workers that die with a killed miner. The real command
+killed and interrupted: tests/mining/test_miner_kill.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +264,267 @@ def test_ties_are_broken_by_index():
     pool = top_negatives(scores, np.array([0, 1, 2, 4, 5]), top_k=4)
     np.testing.assert_array_equal(pool.indices, [1, 4, 0, 2])
     np.testing.assert_allclose(pool.scores, [0.9, 0.9, 0.5, 0.5])
+
+
+# -- resume within a pass, damaged files, stray temporaries, bounded messages --------------------
+
+
+REAL_SCORE_BLOCK = ssim_miner._score_block
+
+
+def counting_scorer(monkeypatch, interrupt_after: int | None = None) -> list[int]:
+    """Patch the miner's block scorer: it records how many (query, image) pairs each call
+    scores and raises KeyboardInterrupt (Ctrl-C) once ``interrupt_after`` calls are done."""
+    scored: list[int] = []
+    real = REAL_SCORE_BLOCK
+
+    def score(scorer, query_crops, candidates, multichannel, progress):
+        if interrupt_after is not None and len(scored) >= interrupt_after:
+            raise KeyboardInterrupt
+        scored.append(len(query_crops) * len(candidates))
+        return real(scorer, query_crops, candidates, multichannel, progress)
+
+    monkeypatch.setattr(ssim_miner, "_score_block", score)
+    return scored
+
+
+def store_dir(cache: Path) -> Path:
+    (found,) = cache.glob("ssim-*")
+    return found
+
+
+BLOCKS = {"queries_per_pass": 4, "candidates_per_block": 8}  # one pass, blocks of 8, 8, 8, 6 images
+
+
+@pytest.mark.parametrize("damage_progress", [False, True])
+def test_interrupted_pass_resumes_after_its_last_saved_block(
+    dataset, tmp_path, monkeypatch, caplog, damage_progress
+):
+    queries = queries_for(dataset)
+    counting_scorer(monkeypatch, interrupt_after=2)
+    with pytest.raises(ssim_miner.MiningInterrupted) as interrupted:
+        mine_ssim_negatives(dataset, queries, tmp_path, **BLOCKS, **PARAMS)
+    assert str(interrupted.value) == (
+        "interrupted: 0 of 4 queries mined are saved (and 16 of 30 images scored for 4 more); "
+        "run the same command again to resume"
+    )
+    (progress,) = store_dir(tmp_path).glob("partial-*.npy")
+    assert np.load(progress).shape == (4, 16)
+    if damage_progress:
+        progress.write_bytes(progress.read_bytes()[:100])  # truncated, as by a full disk
+
+    scored = counting_scorer(monkeypatch)
+    with caplog.at_level(logging.INFO):
+        pools = mine_ssim_negatives(dataset, queries, tmp_path, **BLOCKS, **PARAMS)
+    if damage_progress:
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert progress.name in warning and "scored again" in warning
+        assert sum(scored) == 4 * 30
+    else:
+        assert sum(scored) == 4 * (30 - 16)  # the two saved blocks are not scored again
+        assert "64 resumed from saved blocks" in caplog.text
+    assert not list(store_dir(tmp_path).glob("partial-*"))
+    assert_matches_brute_force(pools, dataset, queries, list(range(N_IMAGES)))
+
+
+def test_garbage_pool_json_is_reported_once_and_mined_again(dataset, tmp_path, monkeypatch, caplog):
+    queries = queries_for(dataset)
+    first = mine_ssim_negatives(dataset, queries, tmp_path, **PARAMS)
+    broken = store_dir(tmp_path) / "q4.json"
+    broken.write_text('{"query": "q4", "indices": [1, 2')  # cut short
+    (store_dir(tmp_path) / "q13.json").write_bytes(b"\x00\xff garbage")
+    scored = counting_scorer(monkeypatch)
+    with caplog.at_level(logging.WARNING):
+        again = mine_ssim_negatives(dataset, queries, tmp_path, **PARAMS)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "2 damaged" in warning and str(broken) in warning and "q13.json" in warning
+    assert sum(scored) == 2 * N_IMAGES  # those two queries only
+    for name, pool in first.items():
+        np.testing.assert_array_equal(again[name].indices, pool.indices)
+        np.testing.assert_array_equal(again[name].scores, pool.scores)
+    caplog.clear()
+    mine_ssim_negatives(dataset, queries, tmp_path, **PARAMS)  # repaired: silent, nothing scored
+    assert not caplog.records and sum(scored) == 2 * N_IMAGES
+
+
+@pytest.mark.parametrize("damage", ["truncated array", "garbage sidecar"])
+def test_damaged_crop_cache_is_reported_once_and_decoded_again(
+    dataset, tmp_path, monkeypatch, caplog, damage
+):
+    queries = queries_for(dataset)
+    first = mine_ssim_negatives(dataset, queries, tmp_path, **PARAMS)
+    (array,) = tmp_path.glob("crops-*.npy")
+    size = array.stat().st_size
+    damaged = array if damage == "truncated array" else array.with_suffix(".json")
+    if damage == "truncated array":
+        with open(array, "r+b") as f:
+            f.truncate(size // 2)
+    else:
+        damaged.write_text("{'failed': [")
+    for pool_file in store_dir(tmp_path).glob("q*.json"):
+        pool_file.unlink()  # the queries must be mined again, from the crops
+    with caplog.at_level(logging.WARNING):
+        again = mine_ssim_negatives(dataset, queries, tmp_path, **PARAMS)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert damaged.name in warning and "decoding the crops again" in warning
+    assert array.stat().st_size == size
+    for name, pool in first.items():
+        np.testing.assert_array_equal(again[name].indices, pool.indices)
+        np.testing.assert_array_equal(again[name].scores, pool.scores)
+    cache = build_crop_cache(dataset, tmp_path, CropSpec(CROP), show_progress=False)
+    np.testing.assert_array_equal(cache.crops[7], brute_crop(dataset[7]))
+
+
+def test_temporaries_of_dead_processes_are_removed_at_start_and_live_ones_kept(dataset, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)  # that process has exited
+    mine_ssim_negatives(dataset[:6], [QuerySpec("q0", dataset[0])], tmp_path, **PARAMS)
+    store = store_dir(tmp_path)
+    stale = [
+        tmp_path / f".crops-0123456789abcdef01234567.npy.tmp{dead_pid}.npy",  # an earlier version's name
+        tmp_path / f".crops-0123456789abcdef01234567.npy.tmp-{dead_pid}-0badc0de.npy",
+        tmp_path / f".crops-0123456789abcdef01234567.json.tmp-{dead_pid}-0badc0df.json",
+        store / f".q0.json.tmp-{dead_pid}-00c0ffee.json",
+        store / f".partial-0123.npy.tmp-{dead_pid}-00c0ffef.npy",
+    ]
+    live = [tmp_path / ".crops-0123456789abcdef01234567.npy.tmp-1-0badcafe.npy", store / ".q0.json.tmp1"]
+    for path in stale + live:
+        path.write_bytes(b"\0" * 100)
+    mine_ssim_negatives(
+        dataset[:6], [QuerySpec("q0", dataset[0]), QuerySpec("q1", dataset[1])], tmp_path, **PARAMS
+    )
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.exists() for p in live)  # pid 1 is alive: maybe a concurrent run's file
+    stale[0].write_bytes(b"\0" * 100)
+    mine_ssim_negatives(dataset[:6], [QuerySpec("q0", dataset[0])], tmp_path, **PARAMS)  # nothing to mine
+    assert not stale[0].exists()
+
+
+def test_many_unreadable_images_make_one_bounded_warning(dataset, tmp_path, caplog):
+    paths = list(dataset)
+    for i in range(5, 30):
+        paths[i] = tmp_path / f"broken_{i:03d}.jpg"
+        paths[i].write_bytes(b"not an image")
+    with caplog.at_level(logging.WARNING):
+        mine_ssim_negatives(paths, queries_for(paths)[:2], tmp_path / "cache", **PARAMS)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("25 unreadable image(s) skipped") and warning.endswith("and 15 more")
+    assert "broken_005.jpg" in warning and "broken_029.jpg" not in warning and len(warning) < 2000
+
+
+def test_name_some_bounds_a_list():
+    from retrieval.mining.crops import name_some
+
+    assert name_some(["a", "b"]) == "a, b"
+    assert name_some(range(1000)) == "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 990 more"
+
+
+# -- settings are checked before any work -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "mining.crop_size=3",
+            "mining.crop_size=3 is smaller than SSIM's 7x7 window: the minimum is 7 pixels",
+        ),
+        ("mining.top_k=0", "mining.top_k=0 must be a whole number of at least 1"),
+        ("mining.top_k=-5", "mining.top_k=-5 must be a whole number of at least 1"),
+        ("mining.top_k=2.5", "mining.top_k=2.5 must be a whole number of at least 1"),
+        ("mining.crop_size=64.5", "mining.crop_size=64.5 must be a whole number of at least 7"),
+        ("mining.num_workers=-1", "mining.num_workers=-1 must be a whole number of at least 0"),
+        (
+            "mining.candidates_per_block=0",
+            "mining.candidates_per_block=0 must be a whole number of at least 1",
+        ),
+        ("mining.small_images=shrink", "mining.small_images=shrink must be one of upscale, exclude"),
+        ("mining.device=gpu", "mining.device=gpu must be auto, cpu"),
+        ("dataset=folder", "dataset=folder is class-labelled: it has no queries to mine negatives for"),
+    ],
+)
+def test_bad_settings_are_one_paragraph_and_exit_2_before_any_work(tmp_path, capsys, override, message):
+    from retrieval.pipelines.mine import main
+    from tests.helpers.configs import compose_cfg
+
+    missing = tmp_path / "no-data"  # any read of the dataset would fail differently
+    cfg = compose_cfg(
+        "mine.yaml", [override, f"paths.data_dir={missing}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main(cfg)
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and message in error and "\n" not in error
+    if override != "dataset=folder":
+        assert error.endswith("Nothing was mined.") and "batch_miner" not in error
+    else:
+        assert "batch_miner=" in error
+    assert not missing.exists() and not (tmp_path / "cache").exists()
+
+
+def test_top_k_zero_fails_at_once_in_the_library_too(dataset, tmp_path):
+    from retrieval.utils.errors import UserFacingError
+
+    with pytest.raises(UserFacingError, match="mining.top_k=0"):
+        mine_ssim_negatives(dataset, queries_for(dataset), tmp_path, **{**PARAMS, "top_k": 0})
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- worker processes die with the miner -----------------------------------------------------------
+
+FORKING_MINER = """
+import json, multiprocessing, os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from retrieval.mining import ssim_miner
+if sys.argv[1] == "watchdog":  # as where prctl does not exist
+    ssim_miner._parent_death_signal = lambda sig: False
+    ssim_miner._WATCH_INTERVAL_S = 0.05
+fork = multiprocessing.get_context("fork")
+with ssim_miner._workers_die_with_this_process():
+    guarded = ProcessPoolExecutor(2, mp_context=fork)
+    guarded.submit(time.sleep, 0).result()
+unguarded = ProcessPoolExecutor(1, mp_context=fork)  # not while scoring: not our business
+unguarded.submit(time.sleep, 0).result()
+print(json.dumps([list(guarded._processes), list(unguarded._processes)]), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("mechanism", ["prctl", "watchdog"])
+def test_workers_forked_while_scoring_die_with_a_killed_miner(mechanism):
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers.processes import session_members
+    from tests.helpers.runs import REPO_ROOT
+
+    miner = subprocess.Popen(
+        [sys.executable, "-c", FORKING_MINER, mechanism],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        line = miner.stdout.readline()  # not communicate(): the unguarded orphan keeps the pipe open
+        miner.wait(timeout=60)
+        assert miner.returncode == -signal.SIGKILL, line
+        guarded, unguarded = json.loads(line)
+        deadline = time.monotonic() + 10
+        while set(guarded) & set(session_members(miner.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(guarded) & set(session_members(miner.pid)) == set()
+        # the bug the guard fixes: a pool worker whose parent was SIGKILLed waits forever
+        assert set(unguarded) <= set(session_members(miner.pid))
+    finally:
+        miner.stdout.close()
+        for pid in session_members(miner.pid):  # what this test started and left
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
