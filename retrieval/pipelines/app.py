@@ -1,19 +1,20 @@
 """``retrieval-app db=DIR [host=127.0.0.1] [port=8000] [k=20] ...``: the web app.
 
-Loads the database, its network and index once, checks that they agree, then serves the
-app with uvicorn. A missing or mismatched database stops it here with one paragraph and
-exit code 2, before anything listens.
+In this order, each failure one paragraph on stderr and exit code 2 (nothing half
+started): the settings are checked (``port=99999``, ``k`` over ``max_k``...), the port is
+bound (a busy one names itself), the database, its network and index load and are
+checked against each other; only then does the server listen and say "serving on".
 """
 
 from __future__ import annotations
 
 import logging
 
-import uvicorn
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from retrieval.pipelines.cli import hydra_command
+from retrieval.serving.app.server import bind_port, serve_on
 from retrieval.serving.app.service import SearchService
 from retrieval.serving.app.settings import AppSettings
 from retrieval.serving.app.web import create_app
@@ -22,26 +23,35 @@ from retrieval.utils.errors import UserFacingError
 USAGE = "retrieval-app db=DIR [host=127.0.0.1] [port=8000]"
 
 
-def load_service(cfg: DictConfig) -> SearchService:
+def app_settings(cfg: DictConfig) -> AppSettings:
+    """The checked settings: a bad value is a UserFacingError before anything loads."""
     if OmegaConf.is_missing(cfg, "db") or not cfg.db:
         raise UserFacingError(f"db= is required (a database directory); usage: {USAGE}")
     try:
-        settings = AppSettings.from_config(cfg)
+        return AppSettings.from_config(cfg)
     except ValueError as error:
         raise UserFacingError(f"invalid app setting: {error}") from None
-    return SearchService.load(settings, instantiate(cfg.search))
+
+
+def load_service(cfg: DictConfig, settings: AppSettings | None = None) -> SearchService:
+    return SearchService.load(settings or app_settings(cfg), instantiate(cfg.search))
 
 
 def serve(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    service = load_service(cfg)
-    app = create_app(service)
-    print(
-        f"serving {service.artifact.dataset} ({len(service.artifact.image_paths)} images, "
-        f"{len(service.queries)} queries) on http://{cfg.host}:{cfg.port}",
-        flush=True,
-    )
-    uvicorn.run(app, host=cfg.host, port=int(cfg.port), log_level=cfg.log_level)
+    settings = app_settings(cfg)
+    with bind_port(settings.host, settings.port) as sock:
+        service = load_service(cfg, settings)
+        images, queries = len(service.artifact.image_paths), len(service.queries)
+
+        def say_serving() -> None:
+            print(
+                f"serving {service.artifact.dataset} ({images} images, {queries} queries) "
+                f"on http://{settings.host}:{settings.port}",
+                flush=True,
+            )
+
+        serve_on(create_app(service), sock, settings.host, cfg.log_level, say_serving)
 
 
 main = hydra_command("app", serve)

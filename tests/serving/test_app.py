@@ -141,7 +141,7 @@ def test_bad_api_requests_get_a_sentence(client, request_args, status, message):
         (lambda root: jpg(root, "arch_000000")[:300], {}, 422, "could not be decoded"),
         (lambda root: bomb_png(10_000, 10_000), {}, 413, "10000x10000 pixels (100 MP); the limit is 40 MP"),
         (lambda root: bomb_png(30_000, 30_000), {}, 413, "decompression bomb"),
-        (lambda root: jpg(root, "arch_000000"), {"bbox": "1,2,3"}, 422, "The box must be 'x1,y1,x2,y2'"),
+        (lambda root: jpg(root, "arch_000000"), {"bbox": "1,2,3"}, 422, "The box (bbox) must be four finite"),
         (
             lambda root: jpg(root, "arch_000000"),
             {"bbox": "100,100,200,200"},

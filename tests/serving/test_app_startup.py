@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -17,6 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from retrieval.pipelines.app import load_service
 from retrieval.pipelines.app import main as app_main
 from retrieval.serving.app import AppSettings, SearchService, create_app
+from retrieval.serving.app.server import ListeningServer, bind_port
 from retrieval.serving.database import DatabaseError
 from retrieval.utils.errors import UserFacingError
 from tests.helpers.server import free_port, health_of_served
@@ -62,6 +66,7 @@ def test_config_reaches_the_settings():
 @pytest.mark.parametrize(
     "breakage,message",
     [
+        # refused by the database's file manifest where it has one, else by the self-check
         ("embeddings", "is not the file it was built with|does not match its model: re-embedding .* cosine"),
         ("checkpoint", "was built with another checkpoint"),
         ("image_root", "the images of database .* are not at"),
@@ -91,3 +96,77 @@ def test_ground_truth_modes_and_shutdown(app_service):
         assert "no dataset queries" in client.get("/").text and client.get("/queries/0").status_code == 404
         assert search(client, b"hello").status_code == 415  # uploads still work, and still refuse
     assert service.executor._shutdown  # the model's threads stopped with the server
+
+
+# ------------------------------------------------------- settings, port, damaged files
+def refusal(overrides: list[str], capsys) -> str:
+    """The app's one paragraph on stderr for ``overrides`` (it must exit with code 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        app_main(app_cfg(overrides))
+    captured = capsys.readouterr()
+    message = captured.err.strip()
+    assert exit_info.value.code == 2 and message.startswith("error: "), captured
+    assert "\n" not in message and "Traceback" not in captured.err
+    assert "serving" not in captured.out
+    return message
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["port=99999"], "port must be between 1 and 65535, got 99999"),
+        (["port=0"], "port must be >= 1"),
+        (["port=abc"], "port must be a whole number, got 'abc'"),
+        (["k=300"], "k=300 is over max_k=200"),
+        (["k=6", "max_k=5"], "k=6 is over max_k=5"),
+        (["k=0"], "k must be >= 1"),
+        (["k=-3"], "k must be >= 1"),
+        (["upload.keep=0"], "upload.keep must be >= 1"),
+        (["upload.max_pixels=2000000000"], "upload.max_pixels=2000000000 is over"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_loads(tmp_path, capsys, overrides, expected):
+    # the database does not exist: a refusal naming the setting shows it was checked first
+    message = refusal([f"db={tmp_path / 'nope'}", *overrides], capsys)
+    assert "invalid app setting" in message and expected in message, message
+
+
+def test_a_busy_port_is_one_sentence_before_the_database_loads(tmp_path, capsys):
+    port = free_port()
+    with socket.socket() as other_server:
+        other_server.bind(("127.0.0.1", port))
+        other_server.listen()
+        message = refusal([f"db={tmp_path / 'nope'}", f"port={port}"], capsys)
+    assert f"port {port} on 127.0.0.1 is already in use" in message and "port=OTHER" in message
+
+
+def test_the_server_says_serving_only_once_it_listens():
+    sock = bind_port("127.0.0.1", free_port())  # bound before the load; nothing listens yet
+    address = sock.getsockname()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=5).close()
+    connected = []
+
+    def on_listening() -> None:
+        with socket.create_connection(address, timeout=5):
+            connected.append(True)
+        server.should_exit = True
+
+    async def app(scope, receive, send):  # never reached
+        raise AssertionError
+
+    server = ListeningServer(uvicorn.Config(app, log_level="warning", lifespan="off"), on_listening)
+    sock.listen()
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    sock.close()
+    assert connected == [True] and not thread.is_alive()
+
+
+def test_a_truncated_whitening_file_is_one_paragraph_at_start(small_database, tmp_path, capsys):
+    db = Path(shutil.copytree(small_database, tmp_path / "db"))
+    whitening = db / "whitening.npz"
+    whitening.write_bytes(whitening.read_bytes()[: whitening.stat().st_size // 2])
+    message = refusal([f"db={db}", f"port={free_port()}"], capsys)
+    assert "whitening.npz" in message and "rebuild it" in message

@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from pydantic import BaseModel
 
+from retrieval.serving.app.boxes import parse_bbox
 from retrieval.serving.app.service import Outcome, SearchService
-from retrieval.serving.app.uploads import RequestError, parse_bbox
+from retrieval.serving.app.uploads import RequestError
 from retrieval.serving.app.views import match_rows, query_card
 
 router = APIRouter(prefix="/api", tags=["api"])

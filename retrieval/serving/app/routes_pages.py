@@ -1,5 +1,5 @@
-"""HTML pages: the query gallery, a dataset query's results, the upload form and its
-results, and the images they show (served only from the database's own list)."""
+"""HTML pages: the query gallery, a dataset query's results, the upload form and an
+upload's results (a page of its own, ``/upload/<id>``, so it can be reloaded and shared)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from retrieval.serving.app.imaging import file_thumbnail, image_size
+from retrieval.serving.app.boxes import parse_bbox
+from retrieval.serving.app.imaging import image_size
 from retrieval.serving.app.routes_api import read_upload, service_of
-from retrieval.serving.app.uploads import RequestError, human_size, parse_bbox
+from retrieval.serving.app.uploads import RequestError, human_size
 from retrieval.serving.app.views import box_style, data_uri, match_rows, query_card
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
-CACHE = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
 
 
 def render(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
@@ -73,9 +73,11 @@ async def query_results(
         box=box_style(query.bbox, image_size(query.path)),
         rows=match_rows(service, outcome),
         k=k,
+        k_action=f"/queries/{query_id}",
         ap=outcome.ap,
         ap_setup=service.truth.ap_setup,
         legend=service.truth.legend,
+        positives_in_top=outcome.positives_in_top,
     )
 
 
@@ -90,36 +92,40 @@ async def upload_results(
     file: Annotated[UploadFile | None, File()] = None,
     k: Annotated[int | None, Form()] = None,
     bbox: Annotated[str | None, Form()] = None,
-) -> HTMLResponse:
+) -> RedirectResponse:
+    """Embed the upload once and keep it (kept.py); 303 to its results page, a GET URL."""
     service = service_of(request)
     k, box = service.check_k(k), parse_bbox(bbox)
     data = await read_upload(service, file)
-    outcome = await service.run(service.search_upload, data, k, box, True)
     name = (file.filename if file is not None else None) or "upload"
+    upload_id = service.uploads.keep(await service.run(service.embed_upload, data, name, box))
+    return RedirectResponse(f"/upload/{upload_id}?k={k}", status_code=303)
+
+
+@router.get("/upload/{upload_id}", response_class=HTMLResponse)
+async def kept_upload_results(
+    request: Request, upload_id: str, k: Annotated[int | None, Query()] = None
+) -> HTMLResponse:
+    service = service_of(request)
+    upload, k = service.uploads.get(upload_id), service.check_k(k)
+    if upload is None:
+        raise RequestError(
+            404,
+            f"These upload results are no longer kept: the server keeps the last "
+            f"{service.uploads.max_items} uploads in memory, until it restarts. Upload the image again.",
+        )
+    outcome = await service.run(service.search_kept, upload, k)
     return render(
         request,
         "results.html",
-        query={"name": name, "landmark": None},
-        query_src=data_uri(outcome.preview),
-        box=box_style(box, outcome.image_size),
+        query={"name": upload.name, "landmark": None},
+        query_src=data_uri(upload.preview),
+        box=box_style(upload.box, upload.size),
         rows=match_rows(service, outcome),
         k=k,
+        k_action=f"/upload/{upload_id}",
         ap=None,
         ap_setup=None,
         legend=(),
-        size=outcome.image_size,
+        size=upload.size,
     )
-
-
-@router.get("/images/{path:path}")
-def image(request: Request, path: str, thumb: bool = False) -> Response:
-    """A database or query image by its path under the image root; any other path (``..``,
-    absolute, a non-image file beside the images) is not in the list and gets a 404."""
-    service = service_of(request)
-    file = service.servable.get(path)
-    if file is None or not file.is_file():
-        raise RequestError(404, f"There is no image '{path}' in this database.")
-    if thumb:
-        jpeg = file_thumbnail(file, file.stat().st_mtime_ns, service.settings.thumbnail_size)
-        return Response(jpeg, media_type="image/jpeg", headers=CACHE)
-    return FileResponse(file, headers=CACHE)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +19,10 @@ import numpy as np
 
 from retrieval.evaluation.landmark_metrics import average_precisions
 from retrieval.evaluation.vectors import l2_normalize
+from retrieval.serving.app.boxes import Box, clip_to_image
+from retrieval.serving.app.files import ServableImages
 from retrieval.serving.app.imaging import thumbnail_jpeg
+from retrieval.serving.app.kept import KeptUpload, KeptUploads
 from retrieval.serving.app.settings import AppSettings
 from retrieval.serving.app.truth import QueryTruth, load_dataset_truth
 from retrieval.serving.app.uploads import RequestError, decode_upload
@@ -36,13 +40,13 @@ SELF_CHECK_MIN_COSINE = 0.98
 
 @dataclass(frozen=True)
 class Outcome:
-    """One search: the top-k matches and, for a dataset query, their labels and its AP."""
+    """One search: the top-k matches and, for a dataset query, their labels, its AP and how
+    many of the top k are its ground-truth positives."""
 
     matches: list[Match]
     labels: list[str | None] = field(default_factory=list)  # per match; None without ground truth
     ap: float | None = None  # None: not a dataset query (or one without positives)
-    image_size: tuple[int, int] | None = None  # an upload's (width, height)
-    preview: bytes | None = None  # an upload's JPEG thumbnail (never stored)
+    positives_in_top: int | None = None  # None: not a dataset query
 
 
 class SearchService:
@@ -56,13 +60,14 @@ class SearchService:
                 f"the images of database {artifact.path} are not at {self.image_root} "
                 f"(moved or deleted?); the app serves them from there"
             )
-        self.truth, self.truth_note = load_dataset_truth(artifact, self.image_root, settings.ground_truth)
-        # the only files /images serves: database and query images, by path relative to the root
-        self.servable: dict[str, Path] = {}
-        for path in [*artifact.image_paths, *(q.path for q in self.queries)]:
-            resolved = Path(path).resolve()
-            if resolved.is_relative_to(self.image_root):
-                self.servable[resolved.relative_to(self.image_root).as_posix()] = resolved
+        self._public_names = public_names(self.image_root, artifact.image_root, artifact.path)
+        truth, note = load_dataset_truth(artifact, self.image_root, settings.ground_truth)
+        log.info("ground truth: %s", note)  # the server's log keeps the absolute paths
+        self.truth, self.truth_note = truth, self.public(note)
+        self.images = ServableImages(
+            self.image_root, [*artifact.image_paths, *(q.path for q in self.queries)]
+        )
+        self.uploads = KeptUploads(settings.kept_uploads)
         self.executor = ThreadPoolExecutor(settings.model_threads, thread_name_prefix="retrieval-model")
 
     @classmethod
@@ -89,11 +94,15 @@ class SearchService:
 
     def url_of(self, path: str | Path) -> str | None:
         """The path under /images of a database or query image (None: not servable)."""
-        resolved = Path(path).resolve()
-        if not resolved.is_relative_to(self.image_root):
-            return None
-        relative = resolved.relative_to(self.image_root).as_posix()
-        return relative if relative in self.servable else None
+        return self.images.relative(path)
+
+    def public(self, text: str) -> str:
+        """``text`` as a client may see it: the image root and the database folder (absolute
+        paths on this server) shown by their folder name, what is under them relative to
+        it. Every note and error message a page or the API shows goes through here."""
+        for pattern, name in self._public_names:
+            text = pattern.sub(name.replace("\\", r"\\"), text)  # a name, not a template
+        return text
 
     def check_k(self, k: int | None) -> int:
         k = self.settings.k if k is None else k
@@ -114,27 +123,47 @@ class SearchService:
         ap = average_precisions(
             np.asarray([[m.index for m in ranking]], dtype=np.int64), [query.positives], [query.junk]
         )[0]
-        top = ranking[:k]
-        return Outcome(top, [query.label(m.index) for m in top], None if math.isnan(ap) else float(ap))
+        top, positives = ranking[:k], set(query.positives.tolist())
+        return Outcome(
+            top,
+            [query.label(m.index) for m in top],
+            None if math.isnan(ap) else float(ap),
+            sum(m.index in positives for m in top),
+        )
 
-    def search_upload(
-        self, data: bytes, k: int, bbox: tuple[float, float, float, float] | None, preview: bool = False
-    ) -> Outcome:
-        """The upload's matches; with ``preview``, also its size (to draw the box) and thumbnail."""
+    def embed_upload(self, data: bytes, name: str, bbox: Box | None, preview: bool = True) -> KeptUpload:
+        """Decode, crop and embed an upload: everything its results pages need (see kept.py)."""
         image = decode_upload(data, self.settings.max_upload_bytes, self.settings.max_pixels)
-        size = image.size
-        thumbnail = thumbnail_jpeg(image, self.settings.thumbnail_size * 2) if preview else None
-        if bbox is not None:
-            x1, y1, x2, y2 = (round(v) for v in bbox)
-            x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, size[0]), min(y2, size[1])
-            if x2 <= x1 or y2 <= y1:
-                raise RequestError(422, f"The box {list(bbox)} lies outside the {size[0]}x{size[1]} image.")
-            image = image.crop((x1, y1, x2, y2))
-        matches = self.searcher.search_vector(self.searcher.embed_image(image), k)
-        return Outcome(matches, [None] * len(matches), image_size=size, preview=thumbnail)
+        box = clip_to_image(bbox, image.size) if bbox is not None else None
+        thumbnail = thumbnail_jpeg(image, self.settings.thumbnail_size * 2) if preview else b""
+        vector = self.searcher.embed_image(image.crop(box) if box is not None else image)
+        return KeptUpload(name, vector, image.size, box, thumbnail)
+
+    def search_kept(self, upload: KeptUpload, k: int) -> Outcome:
+        matches = self.searcher.search_vector(upload.vector, k)
+        return Outcome(matches, [None] * len(matches))
+
+    def search_upload(self, data: bytes, k: int, bbox: Box | None) -> Outcome:
+        return self.search_kept(self.embed_upload(data, "upload", bbox, preview=False), k)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def public_names(*folders: str | Path | None) -> list[tuple[re.Pattern, str]]:
+    """(absolute path as written or resolved -> the folder's name), longest path first so
+    that a folder inside another is named by its own name."""
+    names: dict[str, str] = {}
+    for folder in filter(None, folders):
+        for spelling in (Path(folder), Path(folder).resolve()):
+            if spelling.name:  # never "/": it has no name to show instead
+                names[str(spelling)] = spelling.name
+    # a whole path component only (followed by "/", an end or punctuation): /data must not
+    # rename the start of /database
+    return [
+        (re.compile(re.escape(path) + r"(?![^/\s'\",.;:)\]])"), names[path])
+        for path in sorted(names, key=len, reverse=True)
+    ]
 
 
 def self_check(searcher: DatabaseSearcher) -> None:

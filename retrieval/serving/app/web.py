@@ -1,5 +1,6 @@
-"""The FastAPI application: routes, the upload body limit and errors that read as
-sentences (JSON ``{"detail": ...}`` under /api, an HTML page elsewhere)."""
+"""The FastAPI application: routes, the upload body limit, security headers, HEAD wherever
+GET, and errors that read as sentences (JSON ``{"detail": ...}`` under /api, an HTML page
+elsewhere) and never show this server's absolute paths."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from retrieval.serving.app import routes_api, routes_pages
+from retrieval.serving.app import routes_api, routes_images, routes_pages
+from retrieval.serving.app.middleware import HeadAsGetMiddleware, SecurityHeadersMiddleware
 from retrieval.serving.app.service import SearchService
 from retrieval.serving.app.uploads import FORM_OVERHEAD, BodyLimitMiddleware, RequestError
 
@@ -39,9 +41,13 @@ def create_app(service: SearchService) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+    # the last added runs first: every response, HEAD ones and refusals included, gets the headers
     app.add_middleware(BodyLimitMiddleware, max_bytes=service.settings.max_upload_bytes + FORM_OVERHEAD)
+    app.add_middleware(HeadAsGetMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.include_router(routes_api.router)
     app.include_router(routes_pages.router)
+    app.include_router(routes_images.router)
     app.add_exception_handler(RequestError, lambda r, e: error_response(r, e.status, e.message))
     app.add_exception_handler(
         StarletteHTTPException, lambda r, e: error_response(r, e.status_code, str(e.detail))
@@ -58,6 +64,7 @@ def validation_message(error: RequestValidationError) -> str:
 
 
 def error_response(request: Request, status: int, message: str) -> Response:
+    message = routes_api.service_of(request).public(message)
     if request.url.path.startswith("/api") or request.url.path == "/openapi.json":
         return JSONResponse({"detail": message}, status_code=status)
     if request.url.path == "/upload" and request.method == "POST":
