@@ -21,7 +21,7 @@ def whole_number(value: object, name: str, minimum: int = 1, maximum: int | None
     return value
 
 
-def box_problem(box: Sequence[object], width: int, height: int) -> str | None:
+def box_problem(box: Sequence[object], width: float, height: float) -> str | None:
     """Why ``box`` (x1, y1, x2, y2 in pixels) cannot crop a ``width``×``height`` image, or None:
     four finite numbers with x1 < x2 and y1 < y2 that overlap the image."""
     if len(box) != 4:

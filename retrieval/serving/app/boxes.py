@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from retrieval.serving.app.uploads import RequestError
+from retrieval.utils.validation import box_problem
 
 Box = tuple[float, float, float, float]
 PixelBox = tuple[int, int, int, int]
@@ -22,7 +23,8 @@ def parse_bbox(text: str | None) -> Box | None:
     """``"x1,y1,x2,y2"`` (pixels; spaces allowed) or empty -> a box; else a 422.
 
     ``float()`` also reads "inf", "nan" and "1e999" (= inf): refused here, so no later
-    rounding or cropping ever sees a value that is not a finite number.
+    rounding or cropping ever sees a value that is not a finite number. The rules are the
+    query command's (``box_problem``); the image's size is checked once it is decoded.
     """
     if text is None or not text.strip():
         return None
@@ -30,11 +32,7 @@ def parse_bbox(text: str | None) -> Box | None:
         values = [float(v) for v in text.replace(" ", ",").split(",") if v]
     except ValueError:
         values = []
-    if (
-        len(values) != 4
-        or not all(math.isfinite(v) for v in values)
-        or not (values[0] < values[2] and values[1] < values[3])
-    ):
+    if box_problem(values, math.inf, math.inf) is not None:
         raise RequestError(422, f"The box (bbox) must be {RULE}; got {quoted(text)}.")
     return values[0], values[1], values[2], values[3]
 
@@ -45,7 +43,8 @@ def clip_to_image(box: Box, size: tuple[int, int]) -> PixelBox:
     width, height = size
     x1, y1 = max(round(box[0]), 0), max(round(box[1]), 0)
     x2, y2 = min(round(box[2]), width), min(round(box[3]), height)
-    if x2 <= x1 or y2 <= y1:
+    # a box inside the image can still round to no whole pixel (0.2..0.4)
+    if box_problem(box, width, height) is not None or x2 <= x1 or y2 <= y1:
         shown = ",".join(f"{v:g}" for v in box)
         raise RequestError(
             422,
