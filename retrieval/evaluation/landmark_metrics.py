@@ -25,7 +25,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from retrieval.data.ground_truth import Query
-from retrieval.evaluation.ranking import PositiveRanks, ProtocolResult, positive_ranks
+from retrieval.evaluation.ranking import (
+    LocatesPositives,
+    PositiveRanks,
+    ProtocolResult,
+    locate,
+    positive_ranks,
+)
 
 
 def ap_from_ranks(ranks: PositiveRanks) -> np.ndarray:
@@ -102,20 +108,20 @@ def _protocol_metrics(
 
 
 def classic_metrics(
-    rankings: np.ndarray, queries: Sequence[Query], ks: Sequence[int] = (1, 5, 10)
+    rankings: np.ndarray | LocatesPositives, queries: Sequence[Query], ks: Sequence[int] = (1, 5, 10)
 ) -> ProtocolResult:
     """Oxford5k / Paris6k protocol: positives good ∪ ok, junk ignored in every metric.
 
     Keys: "mAP", "mP@k" (revisitop precision) and "AP@k" (the seed's reference AP@k, junk
     removed first). On revisited ground truth the positives are easy ∪ hard (= Medium).
     """
-    ranks = positive_ranks(rankings, [q.positives for q in queries], [q.junk for q in queries])
+    ranks = locate(rankings, [q.positives for q in queries], [q.junk for q in queries])
     metrics, ap = _protocol_metrics(ranks, ks, prefix="")
     return ProtocolResult(metrics, {"classic": ap})
 
 
 def revisited_metrics(
-    rankings: np.ndarray, queries: Sequence[Query], ks: Sequence[int] = (1, 5, 10)
+    rankings: np.ndarray | LocatesPositives, queries: Sequence[Query], ks: Sequence[int] = (1, 5, 10)
 ) -> ProtocolResult:
     """ROxford5k / RParis6k protocol (revisitop): Easy, Medium and Hard setups.
 
@@ -131,7 +137,7 @@ def revisited_metrics(
     per_query: dict[str, np.ndarray] = {}
     for name, (positives, junk) in setups.items():
         setup_metrics, per_query[name] = _protocol_metrics(
-            positive_ranks(rankings, positives, junk), ks, prefix=f"{name}/"
+            locate(rankings, positives, junk), ks, prefix=f"{name}/"
         )
         metrics.update(setup_metrics)
     return ProtocolResult(metrics, per_query)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -145,8 +146,8 @@ def positive_ranks(
     if len(positives) != n_queries or (junk is not None and len(junk) != n_queries):
         raise ValueError(f"{n_queries} rankings need as many positive (and junk) lists")
     junk = [np.empty(0, np.int64)] * n_queries if junk is None else junk
-    pos_q, pos_i = _flatten(positives)
-    junk_q, junk_i = _flatten(junk)
+    pos_q, pos_i = flatten_index_lists(positives)
+    junk_q, junk_i = flatten_index_lists(junk)
     n_db = 1 + max(int(rankings.max(initial=-1)), int(pos_i.max(initial=-1)), int(junk_i.max(initial=-1)))
     # A per-query label row over the database, then one gather puts labels in ranking order:
     # O(nq·ndb) int8 work, far cheaper than nq calls to np.isin. The gather indexes the flat
@@ -159,7 +160,27 @@ def positive_ranks(
     return ranks_from_masks((ranked & _POSITIVE) > 0, (ranked & _JUNK) > 0, n_pos)
 
 
-def _flatten(index_lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+class LocatesPositives(Protocol):
+    """A ranking too large to hold whole (:class:`.blocked_ranking.TopRanking`) that still
+    knows the exact rank of every labelled image."""
+
+    def positive_ranks(
+        self, positives: Sequence[np.ndarray], junk: Sequence[np.ndarray] | None = None
+    ) -> PositiveRanks: ...
+
+
+def locate(
+    rankings: np.ndarray | LocatesPositives,
+    positives: Sequence[np.ndarray],
+    junk: Sequence[np.ndarray] | None = None,
+) -> PositiveRanks:
+    """:func:`positive_ranks` of an [nq, K] ranking, or the exact ranks a blocked ranking kept."""
+    if isinstance(rankings, np.ndarray):
+        return positive_ranks(rankings, positives, junk)
+    return rankings.positive_ranks(positives, junk)
+
+
+def flatten_index_lists(index_lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(query id, database index) pairs of a ragged list of index arrays."""
     arrays = [np.asarray(a, dtype=np.int64).ravel() for a in index_lists]
     sizes = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
