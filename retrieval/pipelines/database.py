@@ -3,7 +3,11 @@ the whitening, write the artifact (:class:`~retrieval.serving.database.DatabaseA
 
     retrieval-database build ckpt_path=CKPT dataset=oxford5k [db_dir=DIR]
         [whitening.dim=512] [whitening.enabled=auto|true|false] [whitening.fit_on_database=DIR]
-        [dtype=float32] [overwrite=true]
+        [dtype=float32] [overwrite=true] [trainer=ddp] [embed.shard_size=1024]
+    retrieval-database add|remove ...   (retrieval.pipelines.database_growth)
+
+The images are embedded by ``trainer.predict`` in shards (retrieval.serving.shards): a
+killed build run again resumes at the first missing shard.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from retrieval.models.checkpoints import file_sha256, load_weights
 from retrieval.models.inference import embed_dataset
 from retrieval.pipelines.build import build_datamodule, build_model
 from retrieval.pipelines.cli import hydra_command
+from retrieval.pipelines.database_growth import add_images, remove_images
+from retrieval.pipelines.database_shards import embed_database, embedding_settings, finish_shards
 from retrieval.pipelines.variants import pretrained
 from retrieval.serving.database import (
     BUILD_HINT,
@@ -156,20 +162,24 @@ def build_database(cfg: DictConfig) -> Path:
         load_weights(model, ckpt)
     sha = file_sha256(ckpt) if ckpt is not None else None
     dataset = datamodule.database_dataset()
-    embeddings = embed_dataset(
-        model,
-        dataset,
-        cfg.embed.batch_size,
-        cfg.embed.num_workers,
-        cfg.embed.device,
-        tuple(cfg.embed.scales),
-        description="database",
+    paths = [str(Path(p).resolve()) for p in dataset.paths]
+    settings = embedding_settings(
+        cfg,
+        sha,
+        OmegaConf.to_container(cfg.model, resolve=True),
+        cfg.dataset.image_size,
+        model.net.input_normalization,
+        cfg.embed.scales,
     )
+    sharded = embed_database(cfg, model, dataset, paths, settings)
+    if sharded is None:  # a DDP rank other than 0: its shards are written, rank 0 merges
+        return Path(cfg.db_dir).expanduser().resolve()
+    embeddings = sharded.vectors
     whitening, info = _choose_whitening(cfg, datamodule, model, embeddings, sha)
     vectors = whitening.apply(embeddings) if whitening is not None else embeddings
     artifact = DatabaseArtifact(
         embeddings=vectors.astype(cfg.dtype),
-        image_paths=[str(Path(p).resolve()) for p in dataset.paths],
+        image_paths=paths,
         image_names=list(datamodule.eval_gt.image_names),
         dataset=datamodule.eval_gt.name,
         image_root=_evaluation_root(datamodule),
@@ -185,6 +195,7 @@ def build_database(cfg: DictConfig) -> Path:
         versions=_library_versions(),
     )
     path = artifact.write(cfg.db_dir, overwrite=cfg.overwrite)
+    finish_shards(sharded, cfg)
     print(
         f"database of {len(vectors)} images ({datamodule.name}, {artifact.dim}-d {cfg.dtype}"
         f"{', PCA-whitened' if whitening else ''}) written to {path}"
@@ -192,14 +203,20 @@ def build_database(cfg: DictConfig) -> Path:
     return path
 
 
+ACTIONS = {"build": build_database, "add": add_images, "remove": remove_images}
+
+
 def database_job(cfg: DictConfig) -> Path:
-    if cfg.action != "build":
-        raise UserFacingError(f"unknown database action {cfg.action!r}; usage: {BUILD_HINT}")
-    return build_database(cfg)
+    if cfg.action not in ACTIONS:
+        raise UserFacingError(
+            f"unknown database action {cfg.action!r}; usage: {BUILD_HINT}, "
+            f"retrieval-database add db_dir=DIR images=DIR, or retrieval-database remove db_dir=DIR 'names=[...]'"
+        )
+    return ACTIONS[cfg.action](cfg)
 
 
-# `retrieval-database build ...`: the sub-command word is the override action=build
-main = hydra_command("database", database_job, verbs={"build": "action=build"})
+# `retrieval-database build|add|remove ...`: the sub-command word is the override action=...
+main = hydra_command("database", database_job, verbs={a: f"action={a}" for a in ACTIONS})
 
 
 if __name__ == "__main__":

@@ -12,12 +12,15 @@ artifact under the final name):
   that queries go through, when whitening is on;
 - ``meta.json``: format version, image paths (absolute) and names, dataset and image root,
   the resolved ``model`` config and image size, checkpoint path + sha256, embedding and
-  whitening settings, creation time, library versions.
+  whitening settings, creation time, library versions; the manifest: each file's sha256
+  and, per shard (a block of consecutive rows: one of the build, one per ``add``), its
+  rows, origin and the sha256 of its vectors, so a damaged file names the rows it lost.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import zipfile
@@ -69,6 +72,9 @@ class DatabaseArtifact:
     created_at: str = ""
     versions: dict = field(default_factory=dict)
     path: Path | None = None  # where it was loaded from
+    # row blocks of ``embeddings``: {"first", "count", "source"} (+ "sha256" once written);
+    # empty: one block of every row, from the build
+    shards: list[dict] = field(default_factory=list)
 
     @property
     def dim(self) -> int:
@@ -102,7 +108,12 @@ class DatabaseArtifact:
                 **self.whitening_info,
             },
             "versions": self.versions,
+            "shards": self.shard_manifest(),
         }
+
+    def shard_manifest(self) -> list[dict]:
+        blocks = self.shards or [{"first": 0, "count": len(self.embeddings), "source": "build"}]
+        return [{**b, "sha256": rows_sha256(self.embeddings, b["first"], b["count"])} for b in blocks]
 
     def write(self, directory: str | Path, overwrite: bool = False) -> Path:
         """Write atomically to ``directory``; replaces an existing database only with ``overwrite``."""
@@ -117,6 +128,10 @@ class DatabaseArtifact:
             # meta.json last: a directory with meta.json was written completely
             (tmp / META).write_text(json.dumps({**self.meta(), "files": files}, indent=1))
         return target
+
+
+def rows_sha256(embeddings: np.ndarray, first: int, count: int) -> str:
+    return hashlib.sha256(np.ascontiguousarray(embeddings[first : first + count]).tobytes()).hexdigest()
 
 
 def check_target(target: Path, overwrite: bool) -> None:
@@ -171,8 +186,25 @@ def _check_manifest(meta: dict, directory: Path) -> None:
         if file_sha256(path) != recorded:
             raise DatabaseError(
                 f"database {directory}: {name} is not the file it was built with (sha256 differs "
-                f"from {META}: modified, re-ordered or damaged); rebuild it with {BUILD_HINT}"
+                f"from {META}: modified, re-ordered or damaged{_damaged_rows(meta, path)}); "
+                f"rebuild it with {BUILD_HINT}"
             )
+
+
+def _damaged_rows(meta: dict, path: Path) -> str:
+    """Which recorded shards of ``embeddings.npy`` changed (only looked for once the file's
+    sha256 differs: a clean load hashes the file once)."""
+    if path.name != EMBEDDINGS or not meta.get("shards"):
+        return ""
+    try:
+        rows = np.load(path, mmap_mode="r", allow_pickle=False)
+        bad = [s for s in meta["shards"] if rows_sha256(rows, s["first"], s["count"]) != s.get("sha256")]
+    except (ValueError, OSError, KeyError, TypeError):
+        return ""
+    if not bad:
+        return ""
+    spans = ", ".join(f"rows {s['first']}-{s['first'] + s['count'] - 1}" for s in bad[:5])
+    return f"; changed: {spans}"
 
 
 # stored vectors are unit rows; float16 storage moves a norm by ~1e-3
@@ -236,6 +268,7 @@ def _artifact_from(meta: dict, directory: Path) -> DatabaseArtifact:
         created_at=meta.get("created_at", ""),
         versions=meta.get("versions", {}),
         path=directory,
+        shards=[{k: v for k, v in s.items() if k != "sha256"} for s in meta.get("shards") or []],
     )
 
 
