@@ -104,8 +104,16 @@ def read_class_csv(
     if not csv_path.is_file():
         raise DatasetError(f"CSV file {csv_path} does not exist (dataset.csv=FILE)")
     base = Path(image_root).expanduser() if image_root is not None else csv_path.parent
-    with csv_path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: spreadsheet BOMs
-        rows = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if any(cell.strip() for cell in row)]
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: spreadsheet BOMs
+            rows = [
+                (n, row) for n, row in enumerate(csv.reader(f), start=1) if any(cell.strip() for cell in row)
+            ]
+    except (UnicodeDecodeError, csv.Error) as error:  # a spreadsheet file, an image, a zip...
+        raise DatasetError(
+            f"{csv_path} is not a UTF-8 text CSV ({error}): save it as CSV (UTF-8) with the "
+            f"columns path,label[,split] and pass it as dataset.csv=FILE"
+        ) from None
     if not rows:
         raise DatasetError(
             f"{csv_path} is empty: its first line must name the columns, "

@@ -144,6 +144,14 @@ def test_bad_csv_names_file_line_and_fix(csv_dir, text, expected):
         read_class_csv(write_csv(csv_dir / "list.csv", text))
 
 
+@pytest.mark.parametrize("data", [b"PK\x03\x04\x14\x00\x06\x00\xff\xfe", "path,label\n".encode("utf-16")])
+def test_a_binary_file_given_as_csv_is_named_not_a_traceback(csv_dir, data):
+    # an .xlsx (a zip), a spreadsheet's "Unicode text" (UTF-16), any binary file
+    (csv_dir / "list.csv").write_bytes(data)
+    with pytest.raises(DatasetError, match=r"list.csv is not a UTF-8 text CSV .*save it as CSV"):
+        read_class_csv(csv_dir / "list.csv")
+
+
 def test_bad_csv_lists_every_problem_at_once(csv_dir):
     text = "path,label\nnope1.png,a\nnope2.png,a\nb1.png,\nb2.png,b\n"
     message = str(pytest.raises(DatasetError, read_class_csv, write_csv(csv_dir / "list.csv", text)).value)

@@ -4,6 +4,7 @@ the submitit launcher (local executor: real subprocesses, the SLURM launcher's c
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -104,23 +105,31 @@ def test_submitit_launcher_runs_jobs_as_subprocesses(tiny_landmarks, tmp_path):
     assert {r.config["hydra"]["choices"]["hydra/launcher"] for r in runs} == {"local"}
 
 
+def _readme_try_commands() -> list[list[str]]:
+    """The README's two "try both kinds first" sweep lines, split as a shell would."""
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    [at] = [i for i, line in enumerate(lines) if line.startswith("# try both kinds first")]
+    commands = [shlex.split(line) for line in lines[at + 1 : at + 3]]
+    assert all(c[:2] == ["python", "train.py"] for c in commands), commands
+    return [c[2:] for c in commands]
+
+
 def test_the_readme_sweep_commands_run_as_printed(tmp_path):
-    # exactly the README's commands, launched from a fresh folder with no paths.* overrides
-    # (the sweep folder lies under paths.log_dir, resolved before any job exists), each made
-    # a smoke test by one debug option; the toy set is generated under tmp_path/data
-    readme = (REPO_ROOT / "README.md").read_text()
-    grid, optuna = (
-        "python train.py -m model.optimizer.lr=1e-6,5e-6 model.loss.margin=1,2",
-        "python train.py hparams_search=optuna",
-    )
-    assert grid in readme and optuna in readme
-    result = run_ok("train.py", *grid.split()[2:], "debug=fast", cwd=tmp_path)
+    # exactly the README's lines, launched from a fresh folder with no paths.* overrides
+    # (the sweep folder lies under paths.log_dir, resolved before any job exists); the toy
+    # set is generated under tmp_path/data
+    grid, optuna = _readme_try_commands()
+    assert "-m" in grid and "hparams_search=optuna" in optuna
+    result = run_ok("train.py", *grid, cwd=tmp_path, timeout=900)
     [sweep] = (tmp_path / "logs" / "debug" / "multiruns").iterdir()
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"], result.stderr[
-        -2000:
-    ]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"], result.stderr[-2000:]
+    result = run_ok("train.py", *optuna, cwd=tmp_path, timeout=900)
+    [trials] = [d for d in (tmp_path / "logs" / "debug" / "multiruns").iterdir() if d != sweep]
+    best = yaml.safe_load((trials / "optimization_results.yaml").read_text())
+    assert 0.0 < best["best_value"] <= 1.0, result.stderr[-2000:]
+    assert sorted(p.name for p in trials.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1"]
     # debug=fast has no evaluation to maximise: one paragraph, before any trial trains
-    bad = run_script("train.py", *optuna.split()[2:], "debug=fast", cwd=tmp_path)
+    bad = run_script("train.py", "hparams_search=optuna", "debug=fast", cwd=tmp_path)
     assert bad.returncode == 2, bad.stderr[-2000:]
     assert "an Optuna sweep maximises val/mAP" in bad.stderr and "debug=limit" in bad.stderr
     assert "Traceback" not in bad.stderr
