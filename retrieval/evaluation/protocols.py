@@ -10,10 +10,17 @@ import numpy as np
 
 from retrieval.data.class_ground_truth import LEAVE_ONE_OUT, ClassGroundTruth
 from retrieval.data.ground_truth import RetrievalGroundTruth
+from retrieval.evaluation.blocked_ranking import TopRanking, rank_top_and_labelled
 from retrieval.evaluation.class_metrics import class_metrics
 from retrieval.evaluation.landmark_metrics import classic_metrics, revisited_metrics
 from retrieval.evaluation.ranking import leave_one_out_rankings, rank_by_similarity
+from retrieval.evaluation.reranking import Reranker
 from retrieval.evaluation.vectors import cosine_similarity
+
+# queries x database scores ranked in one piece (128 MB of float32); above, the ranking is
+# blocked: the first BLOCKED_DEPTH columns are kept, plus the exact rank of every labelled image
+FULL_RANKING_LIMIT = 1 << 25
+BLOCKED_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -46,12 +53,33 @@ def evaluate_embeddings(
     database: np.ndarray,
     gt: RetrievalGroundTruth | ClassGroundTruth,
     ks: Sequence[int] = (1, 5, 10),
+    reranker: Reranker | None = None,
 ) -> EvaluationResult:
     """The protocol of ``gt``; for a :class:`ClassGroundTruth` ``queries`` is the gallery
-    (``database``, the same images, is not used)."""
+    (``database``, the same images, is not used). ``reranker`` re-orders each query's first
+    ``reranker.depth`` images after the cosine ranking (landmark sets only)."""
     if isinstance(gt, ClassGroundTruth):
         return evaluate_leave_one_out(queries, gt.labels, ks)
-    rankings = rank_by_similarity(cosine_similarity(queries, database))
+    ranked, rankings = rank_queries(queries, database, gt, reranker)
     protocol = revisited_metrics if gt.protocol == "revisited" else classic_metrics
-    result = protocol(rankings, gt.queries, ks)
+    result = protocol(ranked, gt.queries, ks)
     return EvaluationResult(gt.protocol, result.metrics, result.per_query_ap, rankings, queries, database)
+
+
+def rank_queries(
+    queries: np.ndarray, database: np.ndarray, gt: RetrievalGroundTruth, reranker: Reranker | None = None
+) -> tuple[np.ndarray | TopRanking, np.ndarray]:
+    """(what the metrics read, the rankings to report): the full [nq, n] ranking of a small
+    database; for a large one a :class:`TopRanking` (bounded memory, exact metrics) and its
+    first columns. The re-ranked head replaces the ranking's first ``reranker.depth`` columns."""
+    depth = min(reranker.depth, len(database)) if reranker is not None else 0
+    if len(queries) * len(database) <= FULL_RANKING_LIMIT:
+        rankings = rank_by_similarity(cosine_similarity(queries, database))
+        if reranker is not None:
+            rankings[:, :depth] = reranker(queries, database, rankings[:, :depth])
+        return rankings, rankings
+    labelled = [q.labelled for q in gt.queries]
+    top = rank_top_and_labelled(queries, database, max(depth, BLOCKED_DEPTH), labelled)
+    if reranker is not None:
+        top = top.with_head(reranker(queries, database, top.ids[:, :depth]))
+    return top, top.ids

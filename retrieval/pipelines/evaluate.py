@@ -5,7 +5,8 @@ that the defaults reproduce the evaluation callback's numbers exactly:
 
     embed queries + database (``scales``) -> whitening (``whitening.kind`` pca|learned,
     fit on ``whitening.fit_on`` none|database|train) -> DBA on the database (``dba.n``) ->
-    αQE of the queries (``qe.n``) -> cosine ranking -> the dataset's protocol metrics
+    αQE of the queries (``qe.n``) -> cosine ranking -> re-ranking of each query's shortlist
+    (``rerank=superglobal|diffusion|k_reciprocal``) -> the dataset's protocol metrics
 
 The dataset's split (``split=...``, landmark sets) decides the evaluated queries and, for
 ``fit_on=train``, the images training may see.
@@ -20,6 +21,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from retrieval.datamodules.image_datasets import ImageListDataset
@@ -142,11 +144,11 @@ def check_supported(variant: Variant, datamodule) -> None:
     database apart from the queries: only PCA whitening on the gallery applies there."""
     cfg = variant.cfg
     if datamodule.eval_gt.protocol == "leave_one_out" and (
-        cfg.whitening.fit_on == "train" or cfg.qe.n or cfg.dba.n
+        cfg.whitening.fit_on == "train" or cfg.qe.n or cfg.dba.n or cfg.get("rerank")
     ):
         raise UserFacingError(
             f"{variant.name}: on a class-labelled set (leave-one-out) only "
-            f"whitening.fit_on=none|database applies; αQE, DBA and fit_on=train do not"
+            f"whitening.fit_on=none|database applies; αQE, DBA, re-ranking and fit_on=train do not"
         )
 
 
@@ -160,7 +162,8 @@ def evaluate_variant(variant: Variant, datamodule, embed: Embeddings) -> tuple[E
         fitted = {**plain(cfg.whitening), "requested_dim": cfg.whitening.dim, "dim": whitening.dim, **fitted}
     database = database_side_augmentation(database, cfg.dba.n, cfg.dba.alpha)  # n=0: unchanged
     queries = alpha_query_expansion(queries, database, cfg.qe.n, cfg.qe.alpha)
-    return evaluate_embeddings(queries, database, datamodule.eval_gt, cfg.ks), fitted
+    reranker = instantiate(cfg.rerank) if cfg.get("rerank") else None
+    return evaluate_embeddings(queries, database, datamodule.eval_gt, cfg.ks, reranker), fitted
 
 
 def _entry(
@@ -181,6 +184,7 @@ def _entry(
         "whitening": whitening or None,
         "dba": plain(cfg.dba) if cfg.dba.n else None,
         "qe": plain(cfg.qe) if cfg.qe.n else None,
+        "rerank": plain(cfg.rerank) if cfg.get("rerank") else None,
         "metrics": result.metrics,
         "per_query_ap": {
             setup: {n: (None if np.isnan(ap) else float(ap)) for n, ap in zip(query_names, aps)}

@@ -84,6 +84,34 @@ def check_settings(variant: Variant) -> None:
         )
     if min(cfg.qe.n, cfg.dba.n) < 0 or not cfg.scales:
         raise UserFacingError(f"{variant.name}: qe.n and dba.n must be >= 0 and scales non-empty")
+    check_rerank(variant.name, cfg.get("rerank"))
+
+
+# re-ranking settings that must be positive (counts) or in a range, per re-ranker
+_RERANK_COUNTS = ("M", "K", "k", "kq", "truncation", "iterations", "k1", "k2", "shortlist", "query_block")
+
+
+def check_rerank(name: str, rerank: DictConfig | None) -> None:
+    """Refuse re-ranking settings that cannot work (a zero shortlist, alpha >= 1, ...)."""
+    if not rerank:
+        return
+    bad = [
+        f"rerank.{key}={rerank[key]}" for key in _RERANK_COUNTS if key in rerank and not int(rerank[key]) >= 1
+    ]
+    bad += [
+        f"rerank.{k}={rerank[k]}" for k in ("beta", "gamma", "tol") if k in rerank and float(rerank[k]) < 0
+    ]
+    if "alpha" in rerank and not 0 <= float(rerank.alpha) < 1:  # I - alpha S must stay positive definite
+        bad.append(f"rerank.alpha={rerank.alpha} (must be in [0, 1): the diffusion must converge)")
+    if "lambda_value" in rerank and not 0 <= float(rerank.lambda_value) <= 1:
+        bad.append(f"rerank.lambda_value={rerank.lambda_value} (must be in [0, 1])")
+    if "K" in rerank and "M" in rerank and int(rerank.K) >= int(rerank.M):
+        bad.append(f"rerank.K={rerank.K} (must be below rerank.M={rerank.M})")
+    if bad:
+        raise UserFacingError(
+            f"{name}: impossible re-ranking settings {', '.join(bad)}; counts must be >= 1, "
+            f"weights >= 0 (configs/rerank/ lists each setting and its default)"
+        )
 
 
 def plain(node: DictConfig) -> dict:
@@ -109,4 +137,17 @@ def describe(cfg: DictConfig, whitened_dim: int | None = None) -> str:
         parts.append(f"DBA n={cfg.dba.n} α={cfg.dba.alpha:g}")
     if cfg.qe.n:
         parts.append(f"αQE n={cfg.qe.n} α={cfg.qe.alpha:g}")
+    if cfg.get("rerank"):
+        parts.append(describe_rerank(cfg.rerank))
     return " · ".join(parts)
+
+
+def describe_rerank(rerank: DictConfig) -> str:
+    kind = str(rerank._target_).rsplit(".", 1)[-1]
+    if kind == "SuperGlobal":
+        return f"SuperGlobal M={rerank.M} K={rerank.K} β={rerank.beta:g}"
+    if kind == "Diffusion":
+        return f"diffusion k={rerank.k} kq={rerank.kq} γ={rerank.gamma:g} top {rerank.truncation}"
+    if kind == "KReciprocal":
+        return f"k-reciprocal k1={rerank.k1} k2={rerank.k2} λ={rerank.lambda_value:g} top {rerank.shortlist}"
+    return kind

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
+from retrieval.data.ground_truth import Query, RetrievalGroundTruth
+from retrieval.evaluation.landmark_metrics import classic_metrics
 from retrieval.evaluation.learned_whitening import fit_learned_whitening
+from retrieval.evaluation.protocols import evaluate_embeddings
 from retrieval.evaluation.query_expansion import alpha_query_expansion, database_side_augmentation
 from retrieval.evaluation.vectors import l2_normalize
 from retrieval.models.pooling import RMAC, rmac_regions
@@ -22,7 +28,7 @@ from retrieval.pipelines.report import comparison_table
 from retrieval.pipelines.variants import compose_variants
 from retrieval.training.evaluation_callback import RetrievalEvaluation
 from retrieval.utils.errors import UserFacingError
-from tests.helpers.configs import SMALL_VGG_MODEL, compose_cfg
+from tests.helpers.configs import CONFIGS, SMALL_VGG_MODEL, compose_cfg
 from tests.helpers.runs import run_ok
 
 # the tiny VGG set of conftest's small_vgg_root, a resnet18 at 64 px, all on the CPU (the
@@ -298,8 +304,68 @@ def test_side_by_side_comparison_end_to_end(small_vgg_root, tmp_path, monkeypatc
         (["whitening.kind=learned", "whitening.fit_on=database"], "set whitening.fit_on=train"),
         (["compare=[pcaw]", "whitening.fit_on=everything"], "whitening.fit_on must be one of"),
         (["qe.n=-1"], "must be >= 0"),
+        (["rerank=superglobal", "rerank.M=0"], r"rerank\.M=0"),
+        (["rerank=superglobal", "rerank.K=400"], "must be below rerank.M"),
+        (["rerank=diffusion", "rerank.alpha=1.0"], r"rerank\.alpha=1\.0 \(must be in \[0, 1\)"),
+        (["rerank=k_reciprocal", "rerank.lambda_value=2"], "lambda_value=2"),
     ],
 )
 def test_impossible_settings_are_user_errors_before_any_work(overrides, message):
     with pytest.raises(UserFacingError, match=message):
         compose_variants(compose_cfg("evaluate.yaml", overrides))
+
+
+# ------------------------------------------------------------------- re-ranking
+def test_reranking_variants_beside_qe_and_dba_in_one_evaluation(small_vgg_root, tmp_path):
+    """compare=[...] with the re-rankers: one embedding, one row each, recorded in the JSON."""
+    overrides = [
+        *SMALL_EVAL,
+        f"paths.data_dir={small_vgg_root.parent}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"output_json={tmp_path / 'm.json'}",
+        f"paths.output_dir={tmp_path}",
+        "embedding_plot=null",
+        "compare=[superglobal,diffusion,kr,dba+qe+superglobal]",
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("evaluate", overrides=overrides)
+        report = evaluate(cfg, overrides)
+    variants = report["variants"]
+    assert list(variants) == ["untrained", "superglobal", "diffusion", "kr", "dba+qe+superglobal"]
+    assert variants["untrained"]["rerank"] is None
+    assert (
+        variants["superglobal"]["rerank"]["M"] == 400
+        and "SuperGlobal M=400 K=9 β=0.15" in (variants["superglobal"]["setup"])
+    )
+    assert variants["diffusion"]["rerank"]["k"] == 50 and variants["kr"]["rerank"]["k1"] == 20
+    assert "DBA n=2" in variants["dba+qe+superglobal"]["setup"]
+    for entry in variants.values():
+        assert 0.0 <= entry["metrics"]["mAP"] <= 1.0
+
+
+def test_reranked_metrics_are_those_of_the_reordered_ranking():
+    """evaluate_embeddings with a re-ranker = the metrics of the cosine ranking whose first
+    columns are the re-ranker's output (here a reversal, so every metric moves)."""
+
+    class Reverse:
+        depth = 6
+
+        def __call__(self, queries, database, shortlist):
+            return shortlist[:, ::-1]
+
+    rng = np.random.default_rng(0)
+    queries, database = rng.standard_normal((3, 8)), rng.standard_normal((20, 8))
+    gt = RetrievalGroundTruth(
+        "t",
+        [str(i) for i in range(20)],
+        [Path(f"{i}.jpg") for i in range(20)],
+        [Query(f"q{i}", "l", Path("q.jpg"), good=np.array([i, 5 + i]), junk=np.array([9])) for i in range(3)],
+        "classic",
+    )
+    plain_result = evaluate_embeddings(queries, database, gt)
+    reranked = evaluate_embeddings(queries, database, gt, reranker=Reverse())
+    expected = plain_result.rankings.copy()
+    expected[:, :6] = expected[:, 5::-1]
+    np.testing.assert_array_equal(reranked.rankings, expected)
+    assert reranked.metrics == classic_metrics(expected, gt.queries).metrics != plain_result.metrics
