@@ -28,7 +28,8 @@ class EvaluationResult:
     protocol: str
     metrics: dict[str, float]  # fractions in [0, 1]
     per_query_ap: dict[str, np.ndarray]  # setup name -> AP per query (NaN: no positives)
-    # (n_queries, n_database) database indices, best first. Leave-one-out (class sets): each
+    # (n_queries, n_database) database indices, best first (a large database: the first
+    # max(BLOCKED_DEPTH, re-ranking depth) columns). Leave-one-out (class sets): each
     # item's ranking of the *other* items, cut at depth max(max(ks), largest class - 1)
     rankings: np.ndarray
     # the embeddings that were ranked, for plots and reports (dataset order)
