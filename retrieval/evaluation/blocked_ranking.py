@@ -25,17 +25,27 @@ import numpy as np
 from retrieval.evaluation.ranking import PositiveRanks, flatten_index_lists
 from retrieval.evaluation.vectors import unit_rows
 
-BLOCK_ELEMENTS = 1 << 23  # scores per block (32 MB of float32, 64 MB of keys), any query count
+BLOCK_ELEMENTS = 1 << 21  # scores per block (8 MB of float32, 16 MB of keys), any query count
 _SCORE_BITS, _KEY_BITS = 32, 63
 
 
-def descending_keys(scores: np.ndarray, columns: np.ndarray, index_bits: int) -> np.ndarray:
-    """int64 keys that sort like (-score, index): float32 bits made monotone (negative
-    floats flipped), shifted above ``index_bits`` bits holding the column index."""
-    negated = -np.asarray(scores, dtype=np.float32) + np.float32(0.0)  # -0.0 -> +0.0, as argsort ties them
-    bits = negated.view(np.uint32).astype(np.int64)
-    monotone = np.where(bits >= 1 << 31, (1 << 32) - 1 - bits, bits + (1 << 31))
-    return (monotone << index_bits) | np.asarray(columns, dtype=np.int64)
+def descending_keys(
+    scores: np.ndarray, columns: np.ndarray, index_bits: int, prefix: np.ndarray | int = 0
+) -> np.ndarray:
+    """int64 keys that sort like (-score, index): the float32 bits of -score made monotone
+    (negative floats get their 31 low bits flipped), shifted above ``index_bits`` bits that
+    hold the column index; ``prefix`` (already shifted) is OR-ed on top. One int64 array is
+    allocated, the rest is done in place (this runs on every score of a 1M database)."""
+    negated = np.negative(scores, dtype=np.float32)
+    negated += np.float32(0.0)  # -0.0 -> +0.0: argsort ties them
+    bits = negated.view(np.int32)
+    bits ^= (bits >> 31) & np.int32(0x7FFFFFFF)  # signed int32 order = float order
+    keys = bits.astype(np.int64)
+    keys += 1 << 31
+    keys <<= index_bits
+    keys |= np.asarray(columns, dtype=np.int64)
+    keys |= prefix
+    return keys
 
 
 @dataclass(frozen=True)
@@ -161,7 +171,7 @@ def _rank_group(
     def block_keys(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         # the same call for the same block: the same float32 bits in both passes
         scores = q_vectors @ unit_rows(np.asarray(database[start:stop])).T
-        return scores, row_prefix | descending_keys(scores, np.arange(start, stop), index_bits)
+        return scores, descending_keys(scores, np.arange(start, stop), index_bits, row_prefix)
 
     top = np.empty((n_queries, 0), dtype=np.int64)
     blocks = [(start, min(start + block_columns, n_db)) for start in range(0, n_db, block_columns)]
@@ -174,13 +184,13 @@ def _rank_group(
             progress(stop - start)
     top.sort(axis=1)
     ids = top & ((1 << index_bits) - 1)
-    monotone = (top >> index_bits) & ((1 << _SCORE_BITS) - 1)
-    negated_bits = np.where(monotone >= 1 << 31, monotone - (1 << 31), (1 << 32) - 1 - monotone)
-    top_scores = -negated_bits.astype(np.uint32).view(np.float32) + np.float32(0.0)
+    bits = (((top >> index_bits) & ((1 << _SCORE_BITS) - 1)) - (1 << 31)).astype(np.int32)
+    bits ^= (bits >> 31) & np.int32(0x7FFFFFFF)  # the transform is its own inverse
+    top_scores = -bits.view(np.float32) + np.float32(0.0)
     # pass 2: for each labelled key, the keys of its query's row that sort before it. One
     # searchsorted of every block key into the sorted labelled keys (query bits on top keep
     # the queries apart), a cumulative count, minus the earlier queries' whole rows.
-    own = (lab_q << query_shift) | descending_keys(lab_score, lab_image, index_bits)
+    own = descending_keys(lab_score, lab_image, index_bits, lab_q << query_shift)
     order = np.argsort(own)
     sorted_own = own[order]
     positions = np.zeros(len(own), dtype=np.int64)

@@ -21,4 +21,4 @@ def cosine_similarity(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """:func:`l2_normalize` in float32."""
-    return l2_normalize(np.asarray(x)).astype(np.float32)
+    return l2_normalize(np.asarray(x)).astype(np.float32, copy=False)

@@ -45,6 +45,20 @@ def database_graph(database: np.ndarray, k: int, gamma: float) -> sparse.csr_mat
     return mutual_knn_affinity(top.ids, top.scores, gamma)
 
 
+def reached_graph(
+    reached: np.ndarray, ids: np.ndarray, similarities: np.ndarray, gamma: float
+) -> sparse.csr_matrix:
+    """The offline graph restricted to the ``reached`` images (sorted database indices), in
+    their local numbering, from their ``k`` nearest ``ids`` [len(reached), k] over the whole
+    database (-1: none): exactly the whole-database graph's entries among them, since an
+    edge between two reached images needs only their own two lists. What the truncated
+    diffusion reads of a database too large to graph whole (1M images)."""
+    local = np.searchsorted(reached, ids)
+    inside = (ids >= 0) & (reached[np.minimum(local, len(reached) - 1)] == ids)
+    own = np.arange(len(reached))[:, None]  # an unreached neighbour becomes a self loop: dropped
+    return mutual_knn_affinity(np.where(inside, local, own), np.where(inside, similarities, 0.0), gamma)
+
+
 def truncated_laplacians(
     affinity: sparse.csr_matrix, shortlist: np.ndarray, alpha: float
 ) -> sparse.csr_matrix:
@@ -131,8 +145,14 @@ class Diffusion:
         shortlist: np.ndarray,
         affinity: sparse.csr_matrix | None = None,
     ) -> np.ndarray:
-        """``affinity``: the database's offline graph (:func:`database_graph`), built here if None."""
+        """``affinity``: the database's offline graph (:func:`database_graph`); if None, only
+        the part the shortlists reach is built (:func:`reached_graph`, exact kNN lists)."""
         if affinity is None:
-            affinity = database_graph(database, self.k, self.gamma)
-        f = self.scores(affinity, queries, database, shortlist)
+            reached = np.unique(shortlist)
+            vectors = np.asarray(database[reached], dtype=np.float32)
+            top = rank_top_and_labelled(vectors, database, self.k)
+            affinity = reached_graph(reached, top.ids, top.scores, self.gamma)
+            f = self.scores(affinity, queries, vectors, np.searchsorted(reached, shortlist))
+        else:
+            f = self.scores(affinity, queries, database, shortlist)
         return np.take_along_axis(shortlist, np.argsort(-f, axis=1, kind="stable"), axis=1)
