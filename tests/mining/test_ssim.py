@@ -1,10 +1,10 @@
-"""Fast SSIM (NumPy and torch paths) against skimage.metrics.structural_similarity."""
+"""Fast SSIM (NumPy and torch paths) against skimage.metrics.structural_similarity; the fused
+kernel: test_ssim_fused.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.ndimage import gaussian_filter
@@ -12,7 +12,7 @@ from skimage.metrics import structural_similarity
 
 from retrieval.mining.ssim import ssim_many_vs_many, ssim_one_vs_many
 from retrieval.mining.ssim_stats import ImageStats
-from retrieval.mining.ssim_torch import ssim_one_vs_many_torch
+from retrieval.mining.ssim_torch import ssim_many_vs_many_torch, ssim_one_vs_many_torch
 
 TOL = 1e-5
 SHAPES = [(7, 7), (20, 13), (37, 50), (64, 64), (90, 121)]
@@ -97,13 +97,21 @@ def test_stats_are_reusable_and_sliceable():
     assert sorted(done) == [2, 5, 5]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("kind", ["random", "constant", "extreme", "smooth"])
 @pytest.mark.parametrize("shape", [(7, 7), (37, 50), (64, 64)])
-def test_torch_on_cpu_matches_skimage(shape, kind, dtype):
+def test_torch_on_cpu_matches_skimage(shape, kind):
+    """uint8: the exact float32 path, in blocks of 2 queries x 3 images (one short block)."""
     images = image_set(kind, shape, np.random.default_rng(4))
-    got = ssim_one_vs_many_torch(images[0], images, 255, device="cpu", dtype=dtype, chunk=2)
-    np.testing.assert_allclose(got, reference(images[0], images, 255), rtol=0, atol=TOL)
+    got = ssim_many_vs_many_torch(images[:3], images, 255, device="cpu", query_batch=2, image_batch=3)
+    for i in range(3):
+        np.testing.assert_allclose(got[i], reference(images[i], images, 255), rtol=0, atol=TOL)
+
+
+def test_torch_float_images_take_the_float64_path():
+    images = np.random.default_rng(7).random((4, 20, 13))
+    images[1] = 0.25
+    got = ssim_one_vs_many_torch(images[0], images, 1.0, device="cpu")
+    np.testing.assert_allclose(got, reference(images[0], images, 1.0), rtol=0, atol=1e-10)
 
 
 def test_torch_colour_on_cpu_matches_skimage():
