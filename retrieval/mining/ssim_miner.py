@@ -19,6 +19,8 @@ query files when the pass ends, all atomically. A run that is killed, pre-empted
 interrupted therefore loses at most the block in progress; the next run with the same
 inputs scores only what is not saved, and logs how much that is.
 
+Scorer: on the CPU the fused Numba kernel (:mod:`.ssim_fused`, threads in this process)
+when Numba imports and the kernel compiles, else the NumPy path; the choice is logged.
 Processes: the NumPy scorer forks ``num_workers`` processes per block. They die with the
 miner (a parent-death signal, or a watchdog where the platform has none), so a SIGKILL
 leaves no orphans, and they ignore Ctrl-C, which the miner turns into
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import re
@@ -74,7 +77,7 @@ DATA_RANGE = 255.0  # crops are uint8, as the reference's OpenCV images
 
 # -- settings ------------------------------------------------------------------------------
 
-_DEVICE = re.compile(r"auto|cpu|numpy|cuda(:\d+)?|torch:\S+")
+_DEVICE = re.compile(r"auto|cpu|numpy|fused|cuda(:\d+)?|torch:\S+")
 
 
 def check_settings(
@@ -115,7 +118,10 @@ def check_settings(
     if small_images not in SMALL_POLICIES:
         problems.append(f"mining.small_images={small_images} must be one of {', '.join(SMALL_POLICIES)}")
     if not (isinstance(device, str) and _DEVICE.fullmatch(device)):
-        problems.append(f"mining.device={device} must be auto, cpu (NumPy), cuda, cuda:N or torch:<device>")
+        problems.append(
+            f"mining.device={device} must be auto, cpu (fused kernel, else NumPy), fused, numpy, cuda, "
+            "cuda:N or torch:<device>"
+        )
     elif device.removeprefix("torch:").startswith("cuda"):
         import torch
 
@@ -270,20 +276,67 @@ class _TorchScorer:
         return ssim_many_vs_many_torch(queries, many, data_range, device=self.device, **kw)
 
 
+@dataclass(frozen=True)
+class _FusedScorer:
+    """The fused Numba kernel on ``threads`` threads of this process (uint8 crops)."""
+
+    threads: int
+
+    def prepare(self, query_crops: np.ndarray, multichannel: bool):
+        from retrieval.mining.ssim_fused import prepare_queries
+
+        return prepare_queries(query_crops, multichannel=multichannel)
+
+    def __call__(self, queries, many, data_range: float, *, multichannel: bool, progress=None) -> np.ndarray:
+        from retrieval.mining.ssim_fused import ssim_many_vs_many_fused
+
+        scores = ssim_many_vs_many_fused(queries, many[:], data_range, threads=self.threads)
+        if progress is not None:
+            progress(scores.shape[1])
+        return scores
+
+
 # (prepared queries, many, data_range, multichannel=, progress=) -> (Q, N) SSIM
-Scorer = _NumpyScorer | _TorchScorer
+Scorer = _NumpyScorer | _TorchScorer | _FusedScorer
+
+
+@functools.cache
+def fused_unavailable() -> str | None:
+    """Why the fused kernel cannot run here (Numba missing, or it fails to compile or to
+    check out on a tiny pair), or None. Compiled once per machine (Numba's cache)."""
+    try:
+        from retrieval.mining.ssim_fused import fused_kernel_works
+
+        return None if fused_kernel_works() else "it gave a wrong score on a test pair"
+    except Exception as error:  # noqa: BLE001 -- ImportError, a compile error: fall back, say why
+        return f"{type(error).__name__}: {error}"
 
 
 def _scorer(device: str, num_workers: int) -> Scorer:
-    """``"auto"``: torch on CUDA when available, else NumPy; ``"cpu"``/``"numpy"``: NumPy on
-    ``num_workers`` worker processes; ``"cuda[:N]"`` or ``"torch:<device>"`` (e.g.
-    ``"torch:cpu"``): torch."""
+    """``"auto"``: torch on CUDA when available, else as ``"cpu"``; ``"cpu"``: the fused
+    kernel on ``num_workers`` threads where it runs, else NumPy; ``"fused"`` / ``"numpy"``:
+    that path (``"numpy"``: ``num_workers`` forked processes); ``"cuda[:N]"`` or
+    ``"torch:<device>"`` (e.g. ``"torch:cpu"``): torch. The choice is logged."""
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device in ("cpu", "numpy"):
+    if device in ("cpu", "fused"):
+        why = fused_unavailable()
+        if why is None:
+            log.info("SSIM mining on the CPU: fused Numba kernel, %d thread(s)", max(1, num_workers))
+            return _FusedScorer(max(1, num_workers))
+        if device == "fused":
+            raise UserFacingError(
+                f"mining.device=fused: the fused SSIM kernel cannot run here ({why}). Install numba "
+                "(pip install numba) or use mining.device=cpu, which falls back to NumPy. Nothing was mined."
+            )
+        log.warning("SSIM mining on the CPU: NumPy path (the fused Numba kernel cannot run here: %s)", why)
+        device = "numpy"
+    if device == "numpy":
+        log.info("SSIM mining on the CPU: NumPy path, %d worker process(es)", max(1, num_workers))
         return _NumpyScorer(num_workers)
+    log.info("SSIM mining with torch on %s", device.removeprefix("torch:"))
     return _TorchScorer(device.removeprefix("torch:"))
 
 
@@ -468,10 +521,9 @@ def mine_ssim_negatives(
         )
     interrupted = False
     try:
+        scorer = _scorer(device, num_workers)  # before decoding: a forced path that cannot run fails at once
         cache = build_crop_cache(image_paths, cache_dir, spec, num_workers, show_progress)
-        mining = _Pass(
-            cache, image_paths, _scorer(device, num_workers), store, top_k, candidates_per_block, report
-        )
+        mining = _Pass(cache, image_paths, scorer, store, top_k, candidates_per_block, report)
         with _progress_bar(show_progress) as bar:
             task = bar.add_task("SSIM mining (queries)", total=len(todo))
 

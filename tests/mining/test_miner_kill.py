@@ -70,6 +70,7 @@ def mine_overrides(data: Path, cache: Path, tmp: Path) -> list[str]:
         "mining.queries_per_pass=1",
         f"mining.candidates_per_block={BLOCK}",
         "mining.show_progress=false",
+        "mining.device=numpy",  # the path that forks scoring workers, which these kills are about
     ]
 
 

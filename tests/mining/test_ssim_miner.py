@@ -25,6 +25,7 @@ from retrieval.mining.crops import load_crop as _load_crop
 from retrieval.mining.pools import negative_pools_for
 from retrieval.mining.ssim_miner import mine_ssim_negatives
 from retrieval.mining.ssim_store import QuerySpec
+from retrieval.utils.errors import UserFacingError
 
 CROP, TOP_K, N_IMAGES = 64, 10, 30
 PARAMS = {"top_k": TOP_K, "crop_size": CROP, "show_progress": False, "device": "cpu"}
@@ -90,13 +91,36 @@ def assert_matches_brute_force(pools, paths, queries, candidates) -> None:
         np.testing.assert_allclose(pool.scores, scores, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", ["cpu", "torch:cpu"])
-def test_top_k_equals_brute_force_skimage_loop(dataset, tmp_path, device):
+@pytest.mark.parametrize(
+    ("device", "path"),
+    [
+        ("cpu", "fused Numba kernel, 2 thread(s)"),
+        ("numpy", "NumPy path, 2 worker process(es)"),
+        ("torch:cpu", "torch on cpu"),
+    ],
+)
+def test_top_k_equals_brute_force_skimage_loop(dataset, tmp_path, device, path, caplog):
     queries = queries_for(dataset)
-    pools = mine_ssim_negatives(dataset, queries, tmp_path, **{**PARAMS, "device": device})
+    with caplog.at_level(logging.INFO, logger="retrieval.mining.ssim_miner"):
+        pools = mine_ssim_negatives(dataset, queries, tmp_path, **{**PARAMS, "device": device})
+    assert path in caplog.text  # the path that scored is said in the log
     assert list(pools) == [q.name for q in queries]
     assert_matches_brute_force(pools, dataset, queries, list(range(N_IMAGES)))
     assert pools["q0"].indices[0] != 0 and 2 not in pools["q0"].indices  # self and labelled excluded
+
+
+def test_without_the_fused_kernel_cpu_falls_back_to_numpy_and_fused_is_an_error(
+    dataset, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(ssim_miner, "fused_unavailable", lambda: "ImportError: No module named 'numba'")
+    queries = queries_for(dataset)[:1]
+    with caplog.at_level(logging.INFO, logger="retrieval.mining.ssim_miner"):
+        pools = mine_ssim_negatives(dataset, queries, tmp_path, **PARAMS)
+    assert "NumPy path (the fused Numba kernel cannot run here: ImportError" in caplog.text
+    assert_matches_brute_force(pools, dataset, queries, list(range(N_IMAGES)))
+    with pytest.raises(UserFacingError, match=r"mining.device=fused: .* cannot run here \(ImportError"):
+        mine_ssim_negatives(dataset, queries, tmp_path / "forced", **{**PARAMS, "device": "fused"})
+    assert not list(tmp_path.glob("forced/**/crops-*"))  # failed before decoding any crop
 
 
 def test_cache_files_are_readable_and_resume_skips_finished_queries(dataset, tmp_path, monkeypatch):
