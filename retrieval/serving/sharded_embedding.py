@@ -5,6 +5,7 @@ resumed where it stopped (:mod:`retrieval.serving.prediction_writer`)."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -75,7 +76,11 @@ def embed_in_shards(
         pin_memory=trainer.strategy.root_device.type == "cuda",
         persistent_workers=False,
     )
-    trainer.predict(DescriptorModule(net, scales), dataloaders=loader, return_predictions=False)
+    with warnings.catch_warnings():
+        # "custom batch sampler ... can't guarantee" all indices: ShardBatchSampler returns
+        # every index of its shards, and the merge checks each image is there exactly once
+        warnings.filterwarnings("ignore", message="You are using a custom batch sampler")
+        trainer.predict(DescriptorModule(net, scales), dataloaders=loader, return_predictions=False)
     writer.finish(trainer)
     if trainer.global_rank != 0:
         return None

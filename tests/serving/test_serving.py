@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -334,3 +335,27 @@ def test_default_whitening_is_kept_only_where_it_does_not_lower_the_map(data, tm
         "retrieval.pipelines.database", "build", *common, "whitening.enabled=maybe", cwd=tmp_path
     )
     assert bad.returncode == 2 and "whitening.enabled='maybe': use true, false or auto" in bad.stderr
+
+
+def test_self_check_samples_a_bounded_seeded_spread_of_rows():
+    from retrieval.serving.app.service import self_check_rows
+
+    rows = self_check_rows(1_000_000)
+    assert (
+        len(rows) == 8 and rows[0] == 0 and rows == sorted(set(rows)) and rows == self_check_rows(1_000_000)
+    )
+    assert all(k * 125_000 <= r < (k + 1) * 125_000 for k, r in enumerate(rows))  # one per eighth
+    assert self_check_rows(5) == [0, 1, 2, 3, 4]
+
+
+def test_self_check_catches_rows_swapped_past_the_first(small_database, tmp_path):
+    """Rows 1.. reversed, row 0 intact and no manifest to compare: only re-embedding a
+    sample of rows sees it (the check of row 0 alone passed such a database)."""
+    from retrieval.serving.app.service import self_check
+
+    db = Path(shutil.copytree(small_database, tmp_path / "db"))
+    stored = np.load(db / "embeddings.npy")
+    self_check(DatabaseSearcher(load_database(db)))
+    _unlisted(db, np.concatenate([stored[:1], stored[1:][::-1]]))
+    with pytest.raises(DatabaseError, match=r"does not match its model: re-embedding .* \(row \d+\)"):
+        self_check(DatabaseSearcher(load_database(db)))

@@ -12,9 +12,10 @@ from fastapi.templating import Jinja2Templates
 
 from retrieval.serving.app.boxes import parse_bbox
 from retrieval.serving.app.imaging import image_size
+from retrieval.serving.app.paging import MAX_RESULT_PAGES, Page, page_of
 from retrieval.serving.app.routes_api import read_upload, service_of
 from retrieval.serving.app.uploads import RequestError, human_size
-from retrieval.serving.app.views import box_style, data_uri, match_rows, query_card
+from retrieval.serving.app.views import box_style, data_uri, image_cards, match_rows, query_card
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
@@ -48,22 +49,36 @@ def upload_form(request: Request, error: str | None = None, status_code: int = 2
     )
 
 
+PageNumber = Annotated[int | None, Query()]
+
+
 @router.get("/", response_class=HTMLResponse)
-def gallery(request: Request) -> HTMLResponse:
+def gallery(request: Request, page: PageNumber = None, per_page: PageNumber = None) -> HTMLResponse:
     service = service_of(request)
+    pager = page_of(len(service.queries), page, per_page, "/")
     cards = [
-        {**query_card(service, q), "box": box_style(q.bbox, image_size(q.path))} for q in service.queries
+        {**query_card(service, q), "box": box_style(q.bbox, image_size(q.path))}
+        for q in service.queries[pager.start : pager.stop]
     ]
-    return render(request, "gallery.html", cards=cards, note=service.truth_note)
+    return render(request, "gallery.html", cards=cards, note=service.truth_note, pager=pager)
+
+
+@router.get("/database", response_class=HTMLResponse)
+def database_images(request: Request, page: PageNumber = None, per_page: PageNumber = None) -> HTMLResponse:
+    """The database's images, a page at a time (never the whole collection)."""
+    service = service_of(request)
+    pager = page_of(len(service.artifact.image_paths), page, per_page, "/database")
+    return render(request, "database.html", images=image_cards(service, pager.start, pager.stop), pager=pager)
 
 
 @router.get("/queries/{query_id}", response_class=HTMLResponse)
 async def query_results(
-    request: Request, query_id: int, k: Annotated[int | None, Query()] = None
+    request: Request, query_id: int, k: Annotated[int | None, Query()] = None, page: PageNumber = None
 ) -> HTMLResponse:
     service = service_of(request)
     query, k = service.dataset_query(query_id), service.check_k(k)
-    outcome = await service.run(service.search_dataset_query, query, k)
+    pager = results_page(service, page, k, f"/queries/{query_id}")
+    outcome = await service.run(service.search_dataset_query, query, k, pager.start)
     card = query_card(service, query)
     return render(
         request,
@@ -78,6 +93,7 @@ async def query_results(
         ap_setup=service.truth.ap_setup,
         legend=service.truth.legend,
         positives_in_top=outcome.positives_in_top,
+        pager=pager,
     )
 
 
@@ -104,7 +120,7 @@ async def upload_results(
 
 @router.get("/upload/{upload_id}", response_class=HTMLResponse)
 async def kept_upload_results(
-    request: Request, upload_id: str, k: Annotated[int | None, Query()] = None
+    request: Request, upload_id: str, k: Annotated[int | None, Query()] = None, page: PageNumber = None
 ) -> HTMLResponse:
     service = service_of(request)
     upload, k = service.uploads.get(upload_id), service.check_k(k)
@@ -114,7 +130,8 @@ async def kept_upload_results(
             f"These upload results are no longer kept: the server keeps the last "
             f"{service.uploads.max_items} uploads in memory, until it restarts. Upload the image again.",
         )
-    outcome = await service.run(service.search_kept, upload, k)
+    pager = results_page(service, page, k, f"/upload/{upload_id}")
+    outcome = await service.run(service.search_kept, upload, k, pager.start)
     return render(
         request,
         "results.html",
@@ -128,4 +145,11 @@ async def kept_upload_results(
         ap_setup=None,
         legend=(),
         size=upload.size,
+        pager=pager,
     )
+
+
+def results_page(service, page: int | None, k: int, path: str) -> Page:
+    """Pages of ``k`` ranks over the database, at most MAX_RESULT_PAGES of them (a page is
+    searched to its end)."""
+    return page_of(len(service.artifact.image_paths), page, k, path, max_pages=MAX_RESULT_PAGES, k=k)

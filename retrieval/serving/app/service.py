@@ -36,6 +36,8 @@ T = TypeVar("T")
 # re-embedding a database image must reproduce its stored descriptor; float16 storage and
 # bf16 autocast on GPU move the cosine by ~1e-3, another model moves it far more
 SELF_CHECK_MIN_COSINE = 0.98
+# rows re-embedded at start-up (self_check): seconds on a CPU, whatever the database's size
+SELF_CHECK_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,9 @@ class SearchService:
         """Run ``function(*args)`` on the model's worker threads; the event loop stays free."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, partial(function, *args))
 
-    def search_dataset_query(self, query: QueryTruth, k: int) -> Outcome:
+    def search_dataset_query(self, query: QueryTruth, k: int, start: int = 0) -> Outcome:
+        """Ranks ``start + 1 .. start + k`` of ``query`` (a results page), its AP over the
+        whole ranking and how many of the ranks shown are its positives."""
         bbox = query.bbox if self.settings.query_crop else None
         vector = self.searcher.embed(query.path, bbox)
         # AP needs the whole ranking (an approximate index may return fewer: misses count 0)
@@ -123,7 +127,7 @@ class SearchService:
         ap = average_precisions(
             np.asarray([[m.index for m in ranking]], dtype=np.int64), [query.positives], [query.junk]
         )[0]
-        top, positives = ranking[:k], set(query.positives.tolist())
+        top, positives = ranking[start : start + k], set(query.positives.tolist())
         return Outcome(
             top,
             [query.label(m.index) for m in top],
@@ -139,8 +143,8 @@ class SearchService:
         vector = self.searcher.embed_image(image.crop(box) if box is not None else image)
         return KeptUpload(name, vector, image.size, box, thumbnail)
 
-    def search_kept(self, upload: KeptUpload, k: int) -> Outcome:
-        matches = self.searcher.search_vector(upload.vector, k)
+    def search_kept(self, upload: KeptUpload, k: int, start: int = 0) -> Outcome:
+        matches = self.searcher.search_vector(upload.vector, start + k)[start:]
         return Outcome(matches, [None] * len(matches))
 
     def search_upload(self, data: bytes, k: int, bbox: Box | None) -> Outcome:
@@ -166,21 +170,41 @@ def public_names(*folders: str | Path | None) -> list[tuple[re.Pattern, str]]:
     ]
 
 
-def self_check(searcher: DatabaseSearcher) -> None:
-    """Re-embed the first database image: its descriptor must be the stored one.
+def self_check_rows(count: int, sample: int = SELF_CHECK_ROWS, seed: int = 0) -> list[int]:
+    """``sample`` rows spread over ``count``: one seeded draw in each of ``sample`` equal
+    strata (first and last parts of a grown database included), row 0 always."""
+    if count <= sample:
+        return list(range(count))
+    edges = np.linspace(0, count, sample + 1).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    rows = [int(rng.integers(lo, hi)) for lo, hi in zip(edges[:-1], edges[1:])]
+    return sorted({0, *rows[1:]})
 
-    The checkpoint's sha256 is checked on load; this also catches a database whose files
-    were swapped or edited, or a model config that no longer builds the same network.
+
+def self_check(searcher: DatabaseSearcher, sample: int = SELF_CHECK_ROWS) -> None:
+    """Re-embed a seeded sample of database images (at most ``sample``, spread over the
+    rows: start-up stays bounded whatever the size): each descriptor must be the stored one.
+
+    The checkpoint's sha256 is checked on load; this also catches a database whose rows
+    were swapped, re-ordered or edited (one row of a shard is enough), or a model config
+    that no longer builds the same network.
     """
     artifact = searcher.artifact
-    path, stored = artifact.image_paths[0], artifact.embeddings[:1].astype(np.float32)
+    rows = self_check_rows(len(artifact.image_paths), sample)
+    cosines = [_check_row(searcher, row) for row in rows]
+    log.info("self-check: %d sampled rows re-embed with cosine >= %.4f", len(rows), min(cosines))
+
+
+def _check_row(searcher: DatabaseSearcher, row: int) -> float:
+    artifact = searcher.artifact
+    path, stored = artifact.image_paths[row], artifact.embeddings[row : row + 1].astype(np.float32)
     try:
         vector = searcher.embed(path)
     except DatabaseError:
         raise
     except UserFacingError as error:  # the image is gone or unreadable
         raise DatabaseError(
-            f"database {artifact.path}: its first image cannot be read ({error}); were its images moved?"
+            f"database {artifact.path}: its image {row} cannot be read ({error}); were its images moved?"
         ) from None
     except (RuntimeError, ValueError) as error:  # descriptor length differs from the whitening's
         raise DatabaseError(
@@ -191,9 +215,9 @@ def self_check(searcher: DatabaseSearcher) -> None:
     cosine = float(vector[0] @ l2_normalize(stored)[0]) if same_shape else float("nan")
     if not cosine >= SELF_CHECK_MIN_COSINE:
         raise DatabaseError(
-            f"database {artifact.path} does not match its model: re-embedding {path} "
-            f"gives a {vector.shape[1]}-d descriptor with cosine {cosine:.3f} to the "
+            f"database {artifact.path} does not match its model: re-embedding {path} (row "
+            f"{row}) gives a {vector.shape[1]}-d descriptor with cosine {cosine:.3f} to the "
             f"stored {stored.shape[1]}-d one (expected ~1). Its files changed or it "
             f"was built with another model; rebuild it with {BUILD_HINT}"
         )
-    log.info("self-check: %s re-embeds with cosine %.4f", Path(path).name, cosine)
+    return cosine

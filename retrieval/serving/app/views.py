@@ -47,6 +47,22 @@ def query_card(service: SearchService, query: QueryTruth) -> dict:
     }
 
 
+def image_cards(service: SearchService, start: int, stop: int) -> list[dict]:
+    """Cards of the database rows ``start..stop`` (a page of the database's images)."""
+    artifact, cards = service.artifact, []
+    for index in range(start, stop):
+        relative = service.url_of(artifact.image_paths[index])
+        cards.append(
+            {
+                "index": index,
+                "name": artifact.image_names[index],
+                "image_url": image_url(relative),
+                "thumbnail_url": image_url(relative, thumb=True),
+            }
+        )
+    return cards
+
+
 def box_style(bbox, size: tuple[int, int] | None) -> str | None:
     """CSS placing a box over its image in percent, so it scales with the thumbnail."""
     if bbox is None or not size or not size[0] or not size[1]:
