@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.data.image_paths import take
 from retrieval.data.truth import SAME, WRONG
 
 LEAVE_ONE_OUT = "leave_one_out"
@@ -46,7 +47,7 @@ class ClassGroundTruth:
 
     name: str
     image_names: list[str]  # unique, human-readable: the path relative to the dataset root
-    image_paths: list[Path]
+    image_paths: Sequence[Path]  # a list, or ImagePaths for sets of millions
     labels: np.ndarray  # int64 [n]
     class_names: list[str]
     split: list[str] | None = None
@@ -102,7 +103,7 @@ class ClassGroundTruth:
         return ClassGroundTruth(
             name or self.name,
             [self.image_names[i] for i in pick],
-            [self.image_paths[i] for i in pick],
+            take(self.image_paths, keep),  # compact for ImagePaths (GLDv2's 1.6 M images)
             self.labels[keep],
             self.class_names,
             None if self.split is None else [self.split[i] for i in pick],

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from retrieval.data.class_ground_truth import ClassGroundTruth
 from retrieval.data.image_io import load_rgb
+from retrieval.data.image_paths import ImagePaths
 from retrieval.datamodules.image_datasets import ImageListDataset, Transform, seeded_call
 from retrieval.datamodules.landmark_datamodule import VAL_QUERIES
 from retrieval.datamodules.resumable import ResumableDataLoader
@@ -42,7 +43,9 @@ class LabelledImageDataset(Dataset):
     def __init__(
         self, paths: Sequence[Path], labels: np.ndarray, transform: Transform, seed: int | None = None
     ) -> None:
-        self.paths, self.labels, self.transform, self.seed = list(paths), labels, transform, seed
+        # ImagePaths (GLDv2's 1.6 M) stay compact: a list would be copied into every worker
+        paths = paths if isinstance(paths, ImagePaths) else list(paths)
+        self.paths, self.labels, self.transform, self.seed = paths, labels, transform, seed
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -51,7 +51,9 @@ class PKSampler(ResumableSampler):
                 "P×K batches need P >= 2 classes and K >= 2 images per class "
                 f"(got P={classes_per_batch}, K={images_per_class})"
             )
-        members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        # grouped by one stable sort, not one scan per class: GLDv2 has 81 k classes × 1.6 M images
+        order = np.argsort(labels, kind="stable")
+        members = np.split(order, np.flatnonzero(np.diff(labels[order])) + 1) if len(labels) else []
         self.members = [m for m in members if len(m) >= 2]  # a lone image has no positive
         if len(self.members) < classes_per_batch:
             raise ValueError(
