@@ -74,15 +74,37 @@ class Query:
 
 
 @dataclass(frozen=True)
+class Distractors:
+    """Images appended to a benchmark's database that are no query's positive or junk.
+
+    ``fingerprint`` (sha256 of the image list and of which images are on disk) is what an
+    embedding cache keys on, with the checkpoint, so that the million images are embedded once.
+    """
+
+    name: str  # "revisitop1m"
+    names: list[str]  # as in the image list: paths relative to its jpg/ folder
+    paths: Sequence[Path]
+    offset: int  # database index of the first distractor
+    list_file: Path
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
 class RetrievalGroundTruth:
     """A database of images plus queries with labelled positives and junk."""
 
     name: str
     image_names: list[str]
-    image_paths: list[Path]
+    image_paths: Sequence[Path]  # a list, or (with distractors) a ChainedPaths
     queries: list[Query]
     protocol: str  # "classic" (good/ok/junk) or "revisited" (easy/hard/junk)
     skipped: list[str] = field(default_factory=list)  # unreadable images, named for the user
+    # images appended after the benchmark's own (revisitop's 1M): database indices
+    # distractors.offset.. ; queries' labels index only the images before them
+    distractors: Distractors | None = None
 
     def __post_init__(self) -> None:
         if len(self.image_names) != len(self.image_paths):
@@ -138,4 +160,5 @@ class RetrievalGroundTruth:
             [self.queries[i] for i in keep],
             self.protocol,
             self.skipped,
+            self.distractors,
         )

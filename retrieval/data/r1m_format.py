@@ -1,0 +1,105 @@
+"""Revisited Oxford / Paris with revisitop's 1M distractors appended (ROxf+R1M, RPar+R1M).
+
+Layout (filipradenovic/revisitop, python/dataset.py ``configdataset('revisitop1m')`` and
+python/download.py ``download_distractors``; what ``retrieval-download dataset=revisitop1m``
+writes)::
+
+    <distractors root>/revisitop1m.txt     one image a line, a path relative to jpg/ (the
+                                           MATLAB reader appends .jpg to a name without one)
+    <distractors root>/jpg/...             the 100 revisitop1m.N.tar.gz archives unpacked
+    <distractors root>/shards/revisitop1m.N.txt   what the downloader unpacked (shard_lists)
+
+The benchmark is read as usual (:func:`load_revisited_ground_truth`); the distractors are
+appended after its ``imlist`` in the list's order, so every query's easy / hard / junk
+indices stay what the pickle says, and database index ``offset + i`` is distractor ``i``.
+Queries are unchanged. The image folder is never listed: the list names the images, the
+shard lists say which the downloader unpacked, and a seeded sample is checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.data.ground_truth import Distractors, RetrievalGroundTruth
+from retrieval.data.image_paths import ChainedPaths, ImagePaths, sampled_problems
+from retrieval.data.landmark_formats import load_revisited_ground_truth
+from retrieval.data.shard_lists import unpacked_files
+from retrieval.utils.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+R1M, R1M_LIST, R1M_SHARDS = "revisitop1m", "revisitop1m.txt", 100
+DOWNLOAD = "retrieval-download dataset=revisitop1m paths.data_dir=DATA_DIR"
+_HINT = (
+    f"Download them with `{DOWNLOAD}` (all 100 archives; add shards=N for the first N, to try "
+    f"it) or fetch revisitop1m.txt and jpg/revisitop1m.N.tar.gz from "
+    f"http://ptak.felk.cvut.cz/revisitop/revisitop1m/ and unpack the archives into <root>/jpg/."
+)
+
+
+def _with_extension(name: str) -> str:
+    return name if Path(name).suffix else f"{name}.jpg"
+
+
+def read_distractors(root: str | Path, offset: int, check_sample: int = 64, seed: int = 0) -> Distractors:
+    """The distractor images of ``root`` (see the module doc), indexed from ``offset``."""
+    root = Path(root).expanduser()
+    list_file = root / R1M_LIST
+    if not list_file.is_file():
+        raise DatasetError(f"the distractor image list {list_file} does not exist. {_HINT}")
+    text = list_file.read_bytes()
+    names = np.asarray([_with_extension(n.strip()) for n in text.decode().splitlines() if n.strip()])
+    if not len(names):
+        raise DatasetError(f"{list_file} lists no images; download it again with `{DOWNLOAD}`")
+    digest = hashlib.sha256(text)
+    unpacked = unpacked_files(root)
+    if unpacked is not None:  # the downloader's record: only images it unpacked
+        listed, shards = unpacked
+        keep = np.isin(np.char.encode(names, "utf-8"), listed)
+        if shards < R1M_SHARDS or not keep.all():
+            log.warning(
+                "%s: %d of %d archives unpacked: using the %d of %d listed images they hold",
+                R1M,
+                shards,
+                R1M_SHARDS,
+                int(keep.sum()),
+                len(names),
+            )
+        names = names[keep]
+        digest.update(np.packbits(keep).tobytes())
+        if not len(names):
+            raise DatasetError(f"none of the images {list_file} lists is in {root / 'jpg'}. {_HINT}")
+    paths = ImagePaths(root / "jpg", names)
+    problems = sampled_problems(paths, check_sample, seed)
+    if problems:
+        shown = "; ".join(f"{p} ({why})" for p, why in list(problems.items())[:3])
+        raise DatasetError(
+            f"{len(problems)} of {min(check_sample, len(paths))} sampled distractors listed in "
+            f"{list_file} are missing or broken, e.g. {shown}. {_HINT}"
+        )
+    return Distractors(R1M, names.tolist(), paths, offset, list_file, digest.hexdigest())
+
+
+def load_revisited_with_distractors(
+    root: str | Path,
+    name: str,
+    distractors_root: str | Path,
+    images_dir: str = "jpg",
+    check_sample: int = 64,
+) -> RetrievalGroundTruth:
+    """``gnd_<name>.pkl`` of ``root`` with the distractors of ``distractors_root`` appended."""
+    base = load_revisited_ground_truth(root, name, images_dir)
+    distractors = read_distractors(distractors_root, len(base.image_names), check_sample)
+    return RetrievalGroundTruth(
+        f"{name}+r1m",
+        [*base.image_names, *distractors.names],
+        ChainedPaths(base.image_paths, distractors.paths),
+        base.queries,
+        base.protocol,
+        base.skipped,
+        distractors,
+    )
