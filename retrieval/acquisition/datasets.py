@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 IMAGES, GROUND_TRUTH, KEEP = "jpg", "gt_files", "."  # where a file's content ends up
+TRAIN = "train"  # GLDv2's shards unpack into train/a/b/c/<id>.jpg
+CHECKSUMS = "md5sum"  # published md5 lists, kept as they are in <dataset>/md5sum/
+KEPT = (KEEP, CHECKSUMS)  # places whose files are kept as downloaded, not unpacked
 PINNED_HINT = (
     "The expected values are pinned in retrieval/acquisition/datasets.py; if the "
     "publisher has re-released the file, run again with ignore_pinned=true."
@@ -26,6 +29,8 @@ class RemoteFile:
     size: int | None = None  # exact bytes, where known
     md5: str | None = None
     sha256: str | None = None
+    shard: int | None = None  # one of a sharded image set: fetched when selected (shards=...)
+    md5_file: str | None = None  # the file (of the same dataset) that publishes this one's md5
 
     def pinned_checksums(self) -> dict[str, str]:
         return {k: v for k, v in (("md5", self.md5), ("sha256", self.sha256)) if v}
@@ -37,6 +42,11 @@ class DatasetSpec:
     summary: str  # for --help: size and content
     files: tuple[RemoteFile, ...]
     shares_images_with: str | None = None  # classic set whose unpacked jpg/ can be reused
+    parts: tuple[str, ...] = ()  # a combination of other datasets, each in its own folder
+
+    @property
+    def shard_numbers(self) -> list[int]:
+        return sorted({f.shard for f in self.files if f.shard is not None})
 
 
 _VGG = "https://www.robots.ox.ac.uk/~vgg/data"
@@ -76,6 +86,43 @@ def _gnd_pkl(name: str) -> RemoteFile:
         KEEP,
     )
 
+
+# GLDv2: file names, URLs and the md5 lists as in cvdfoundation/google-landmark README.md
+# ("Download train set", "Checking the download") and download-dataset.sh; the shards unpack
+# as a/b/c/<id>.jpg inside train/. Only the shards have published checksums (one md5sum
+# file each); the CSVs are checked by trust on first use.
+_GLD = "https://s3.amazonaws.com/google-landmark"
+_GLDV2_METADATA = tuple(
+    RemoteFile(name, (f"{_GLD}/metadata/{name}",), KEEP)
+    for name in ("train.csv", "train_clean.csv", "train_attribution.csv", "train_label_to_category.csv")
+)
+_GLDV2_SHARDS = tuple(
+    remote
+    for k in range(500)
+    for remote in (
+        RemoteFile(
+            f"md5.images_{k:03d}.txt", (f"{_GLD}/md5sum/train/md5.images_{k:03d}.txt",), CHECKSUMS, shard=k
+        ),
+        RemoteFile(
+            f"images_{k:03d}.tar",
+            (f"{_GLD}/train/images_{k:03d}.tar",),
+            TRAIN,
+            shard=k,
+            md5_file=f"md5.images_{k:03d}.txt",
+        ),
+    )
+)
+# revisitop's 1M distractors: names and URLs as in filipradenovic/revisitop python/download.py
+# (download_distractors) and python/dataset.py (revisitop1m.txt: image paths relative to
+# jpg/); the archives unpack straight into jpg/. No checksums are published.
+_PTAK = "http://ptak.felk.cvut.cz/revisitop/revisitop1m"
+_R1M = (
+    RemoteFile("revisitop1m.txt", (f"{_PTAK}/revisitop1m.txt",), KEEP),
+    *(
+        RemoteFile(f"revisitop1m.{k}.tar.gz", (f"{_PTAK}/jpg/revisitop1m.{k}.tar.gz",), IMAGES, shard=k)
+        for k in range(1, 101)
+    ),
+)
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -120,6 +167,30 @@ DATASETS: dict[str, DatasetSpec] = {
             (*_PARIS_IMAGES, _gnd_pkl("rparis6k")),
             shares_images_with="paris6k",
         ),
+        DatasetSpec(
+            "gldv2",
+            "~500 GB; GLDv2 train: 4.1 M images (clean: 1.6 M, 81 k landmarks) in 500 tar "
+            "shards with md5 lists, CSV metadata (shards=N fetches the first N)",
+            (*_GLDV2_METADATA, *_GLDV2_SHARDS),
+        ),
+        DatasetSpec(
+            "revisitop1m",
+            "~100 GB or more (estimated, unpublished); revisitop's 1M distractors in 100 "
+            "archives + revisitop1m.txt (shards=N fetches the first N)",
+            _R1M,
+        ),
+        DatasetSpec(
+            "roxford5k+r1m",
+            "~100 GB or more; roxford5k and revisitop1m, each in its own folder",
+            (),
+            parts=("roxford5k", "revisitop1m"),
+        ),
+        DatasetSpec(
+            "rparis6k+r1m",
+            "~100 GB or more; rparis6k and revisitop1m, each in its own folder",
+            (),
+            parts=("rparis6k", "revisitop1m"),
+        ),
     )
 }
 
@@ -129,5 +200,12 @@ def dataset_table(table: dict[str, DatasetSpec] = DATASETS) -> str:
     lines = []
     for spec in table.values():
         lines.append(f"  {spec.name:<10} {spec.summary}")
-        lines.extend(f"{'':13}{f.urls[0]}" for f in spec.files)
+        shown = [f for f in spec.files if f.shard is None or f.shard == spec.shard_numbers[0]]
+        lines.extend(f"{'':13}{f.urls[0]}" for f in shown)
+        if len(shown) < len(spec.files):
+            lines.append(
+                f"{'':13}... and the same for shards {spec.shard_numbers[1]}..{spec.shard_numbers[-1]}"
+            )
+        if spec.parts:
+            lines.append(f"{'':13}= {' + '.join(spec.parts)}")
     return "\n".join(lines)

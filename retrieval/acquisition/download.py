@@ -41,15 +41,18 @@ from retrieval.acquisition.archives import (
     verify_file,
 )
 from retrieval.acquisition.datasets import (
+    CHECKSUMS,
     DATASETS,
     GROUND_TRUTH,
     IMAGES,
-    KEEP,
+    KEPT,
     PINNED_HINT,
+    TRAIN,
     DatasetSpec,
     RemoteFile,
 )
 from retrieval.acquisition.fetch import DownloadFailed, FetchOptions, fetch_first
+from retrieval.acquisition.shards import published_md5, select_shards, write_shard_list
 from retrieval.data.landmark_formats import IMAGE_EXTENSIONS
 from retrieval.utils.atomic import scratch_directory
 from retrieval.utils.errors import DatasetError
@@ -70,8 +73,10 @@ class DownloadReport:
     unreadable: list[Path] = field(default_factory=list)
 
 
-def _manual_help(spec: DatasetSpec, folder: Path) -> str:
-    urls = "\n".join(f"  {f.urls[0]}" for f in spec.files)
+def _manual_help(spec: DatasetSpec, folder: Path, files: tuple[RemoteFile, ...]) -> str:
+    shown = 8  # GLDv2 has 1000 files: their pattern is plain from the first few
+    urls = "\n".join(f"  {f.urls[0]}" for f in files[:shown])
+    urls += f"\n  ... and {len(files) - shown} more" if len(files) > shown else ""
     return (
         f"To install it by hand, fetch these on a machine with internet access:\n{urls}\n"
         f"copy them into {folder / ARCHIVES}/ and run this command again: it verifies and "
@@ -88,7 +93,7 @@ def _forget_missing(manifest: Manifest, folder: Path) -> None:
         link.unlink()
     for record in manifest.files.values():
         place = record.get("placed")
-        if place in (IMAGES, GROUND_TRUTH) and not (
+        if place in (IMAGES, GROUND_TRUTH, TRAIN) and not (
             (folder / place).is_dir() and any((folder / place).iterdir())
         ):
             del record["placed"]
@@ -98,9 +103,9 @@ def _in_place(remote: RemoteFile, folder: Path, manifest: Manifest) -> bool:
     record = manifest.files.get(remote.name, {})
     if not record.get("placed"):
         return False
-    if remote.place != KEEP:
+    if remote.place not in KEPT:
         return True  # its folder exists: _forget_missing ran first
-    target = folder / remote.name
+    target = _kept_path(remote, folder)
     if not target.is_file():
         return False
     # small files kept as they are get re-checked on every run: a changed gnd pkl is caught
@@ -112,6 +117,10 @@ def _in_place(remote: RemoteFile, folder: Path, manifest: Manifest) -> bool:
         f"the command again to download it afresh.",
     )
     return True
+
+
+def _kept_path(remote: RemoteFile, folder: Path) -> Path:
+    return folder / remote.place / remote.name
 
 
 def _share_images(spec: DatasetSpec, folder: Path, manifest: Manifest, table: dict) -> bool:
@@ -158,9 +167,11 @@ def _obtain(
         url = fetch_first(urls, path, expected_size=size, options=options, progress=progress)
         record = manifest.files[remote.name] = {**record, "url": url}
         report.downloaded.append(remote.name)
-    digests = verify_file(
-        path, size=size, checksums={} if ignore_pinned else remote.pinned_checksums(), hint=PINNED_HINT
-    )
+    checksums, hint = ({} if ignore_pinned else remote.pinned_checksums()), PINNED_HINT
+    if remote.md5_file is not None:  # published beside the file (GLDv2's md5sum lists)
+        listing = folder / CHECKSUMS / remote.md5_file
+        checksums, hint = {**checksums, "md5": published_md5(listing)}, f"Its md5 is published in {listing}."
+    digests = verify_file(path, size=size, checksums=checksums, hint=hint)
     if "sha256" in record:  # trust on first use: it must still be the file first downloaded
         digests = verify_file(
             path,
@@ -177,16 +188,20 @@ def _obtain(
 
 def _place(remote: RemoteFile, path: Path, folder: Path, manifest: Manifest) -> int:
     """Move ``path``'s content where the loaders expect it; returns the number of files."""
-    if remote.place == KEEP:
-        os.replace(path, folder / remote.name)
+    if remote.place in KEPT:
+        _kept_path(remote, folder).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, _kept_path(remote, folder))
         return 1
     with scratch_directory(folder, f"unpack-{remote.name}") as scratch:
         try:
             count = safe_extract(path, scratch)
+            unpacked = sorted(p.relative_to(scratch).as_posix() for p in scratch.rglob("*") if p.is_file())
             if remote.place == GROUND_TRUTH:
                 flatten_files(scratch, folder / GROUND_TRUTH)
             else:
                 move_tree(scratch, folder / remote.place)
+            if remote.shard is not None:  # what the readers use instead of listing the folder
+                write_shard_list(folder, remote.name, unpacked)
         except DatasetError:
             path.unlink(missing_ok=True)  # a corrupt or hostile archive is of no further use
             manifest.files.pop(remote.name, None)
@@ -205,14 +220,35 @@ def download_dataset(
     options: FetchOptions | None = None,
     console: Console | None = None,
     table: dict[str, DatasetSpec] = DATASETS,
+    shards: int | list[int] | None = None,
 ) -> DownloadReport:
     """Make ``<root>/<name>`` complete; download only what is missing. See the module doc.
 
-    ``mirror`` replaces every official URL by ``<mirror>/<file name>``.
+    ``mirror`` replaces every official URL by ``<mirror>/<file name>``. ``shards`` picks
+    some shards of a sharded image set (a number N: the first N; a list: those numbers);
+    None: all. A combined dataset (``roxford5k+r1m``) downloads each part into its own
+    folder and reports the last.
     """
     if name not in table:
         raise DatasetError(f"unknown dataset '{name}'; choose one of {', '.join(table)}")
     spec, console = table[name], console or Console(stderr=True)
+    if spec.parts:
+        reports = [
+            download_dataset(
+                part,
+                root,
+                mirror=mirror,
+                keep_archives=keep_archives,
+                ignore_pinned=ignore_pinned,
+                options=options,
+                console=console,
+                table=table,
+                shards=shards if table[part].shard_numbers else None,
+            )
+            for part in spec.parts
+        ]
+        return reports[-1]
+    files = select_shards(spec, shards)
     options = dataclasses.replace(options or FetchOptions(), size_hint=PINNED_HINT)
     folder = Path(root).expanduser().resolve() / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -226,7 +262,7 @@ def download_dataset(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, disable=options.quiet) as progress:
-        for remote in spec.files:
+        for remote in files:
             if _in_place(remote, folder, manifest) or (
                 remote.place == IMAGES and _share_images(spec, folder, manifest, table)
             ):
@@ -243,17 +279,18 @@ def download_dataset(
                 )
                 raise DatasetError(
                     f"cannot download {remote.name} for {name}: {why} ({error}).\n"
-                    f"{_manual_help(spec, folder)}"
+                    f"{_manual_help(spec, folder, files)}"
                 ) from None
             console.print(f"{name}: unpacking {remote.name} ...")
             manifest.files[remote.name]["files"] = _place(remote, path, folder, manifest)
             manifest.files[remote.name]["placed"] = remote.place
             manifest.save()
             report.extracted.append(remote.name)
-            if keep_archives and remote.place != KEEP:
+            if keep_archives and remote.place not in KEPT:
                 continue
             path.unlink(missing_ok=True)
-    if any(f.place == IMAGES and f.name in report.extracted for f in spec.files):
+    # sharded sets are too large to open every image here: their readers check a sample
+    if any(f.place == IMAGES and f.shard is None and f.name in report.extracted for f in files):
         report.image_count, report.unreadable = unreadable_images(folder / IMAGES, IMAGE_EXTENSIONS)
     _print_summary(report, console, root)
     return report

@@ -4,6 +4,7 @@ or generate one of the embedded sets.
     retrieval-download                                      # the datasets and their sources
     retrieval-download dataset=oxford5k paths.data_dir=DATA_DIR [mirror=URL]
     retrieval-download -m dataset=roxford5k,rparis6k        # several (a Hydra multirun)
+    retrieval-download dataset=gldv2 shards=2               # GLDv2's metadata + its first 2 shards
     retrieval-download dataset=toy                          # generate the toy landmark set
     retrieval-download dataset=toy_classes                  # generate the toy class set
 
@@ -53,6 +54,7 @@ def download(cfg: DictConfig) -> Path | None:
             keep_archives=cfg.keep_archives,
             ignore_pinned=cfg.ignore_pinned,
             options=options,
+            shards=cfg.get("shards"),
         )
     except KeyboardInterrupt:
         print(

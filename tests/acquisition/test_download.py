@@ -430,7 +430,7 @@ def test_without_a_dataset_the_command_lists_every_dataset_with_its_size_and_sou
     result = run_script("-m", "retrieval.pipelines.download", cwd=tmp_path)
     out = result.stdout
     for name in DATASETS:
-        assert re.search(rf"{name}\s+~[\d.]+ GB", out)
+        assert re.search(rf"{re.escape(name)}\s+~[\d.]+ GB", out)
     for source in (
         "oxbuild_images-v1.tgz",
         "gt_files_170407.tgz",
