@@ -359,3 +359,20 @@ def test_self_check_catches_rows_swapped_past_the_first(small_database, tmp_path
     _unlisted(db, np.concatenate([stored[:1], stored[1:][::-1]]))
     with pytest.raises(DatabaseError, match=r"does not match its model: re-embedding .* \(row \d+\)"):
         self_check(DatabaseSearcher(load_database(db)))
+
+
+def test_manifest_names_the_shard_whose_rows_changed(tmp_path):
+    artifact = random_artifact()
+    artifact.shards = [
+        {"first": 0, "count": 25, "source": "build"},
+        {"first": 25, "count": 15, "source": "add"},
+    ]
+    path = artifact.write(tmp_path / "db")
+    recorded = json.loads((path / "meta.json").read_text())["shards"]
+    assert [(s["first"], s["count"], len(s["sha256"])) for s in recorded] == [(0, 25, 64), (25, 15, 64)]
+    assert load_database(path).shards == artifact.shards
+    rows = np.load(path / "embeddings.npy")
+    rows[30] = rows[31]
+    np.save(path / "embeddings.npy", rows)
+    with pytest.raises(DatabaseError, match=r"is not the file .*; changed: rows 25-39\)"):
+        load_database(path)
