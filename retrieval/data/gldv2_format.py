@@ -74,9 +74,11 @@ def _ids_and_landmarks(root: Path, version: str) -> tuple[np.ndarray, np.ndarray
         raise DatasetError(f"dataset.items.version={version!r}: use clean or full")
     path = root / CSV_OF_VERSION[version]
     frame = _read_csv(path, version)
-    if version == "clean":
-        frame = frame.assign(id=frame["images"].str.split()).explode("id", ignore_index=True)
-        frame = frame.dropna(subset=["id"])
+    if version == "clean":  # one row per landmark: split all lists at once (explode: 3x slower)
+        images = frame["images"].str.strip()
+        counts = np.where(images == "", 0, images.str.count(r"\s+") + 1)
+        ids = " ".join(images.tolist()).split()
+        frame = pd.DataFrame({"id": ids, "landmark_id": np.repeat(frame["landmark_id"].to_numpy(), counts)})
     bad_id = ~frame["id"].str.fullmatch(r"[0-9a-f]{16}")
     bad_label = ~frame["landmark_id"].str.fullmatch(r"\d+")
     if (bad_id | bad_label).any():
