@@ -43,6 +43,7 @@ class DatasetSpec:
     files: tuple[RemoteFile, ...]
     shares_images_with: str | None = None  # classic set whose unpacked jpg/ can be reused
     parts: tuple[str, ...] = ()  # a combination of other datasets, each in its own folder
+    used_by: tuple[str, ...] = ()  # the dataset configs that read it, where not its own name
 
     @property
     def shard_numbers(self) -> list[int]:
@@ -176,8 +177,10 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "revisitop1m",
             "~100 GB or more (estimated, unpublished); revisitop's 1M distractors in 100 "
-            "archives + revisitop1m.txt (shards=N fetches the first N)",
+            "archives + revisitop1m.txt; fetched by dataset=roxford5k+r1m or rparis6k+r1m "
+            "(shards=N: the first N)",
             _R1M,
+            used_by=("roxford5k+r1m", "rparis6k+r1m"),
         ),
         DatasetSpec(
             "roxford5k+r1m",

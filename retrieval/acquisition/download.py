@@ -292,11 +292,13 @@ def download_dataset(
     # sharded sets are too large to open every image here: their readers check a sample
     if any(f.place == IMAGES and f.shard is None and f.name in report.extracted for f in files):
         report.image_count, report.unreadable = unreadable_images(folder / IMAGES, IMAGE_EXTENSIONS)
-    _print_summary(report, console, root)
+    _print_summary(report, console, root, spec.used_by or (name,))
     return report
 
 
-def _print_summary(report: DownloadReport, console: Console, root: str | Path) -> None:
+def _print_summary(
+    report: DownloadReport, console: Console, root: str | Path, used_by: tuple[str, ...]
+) -> None:
     if not report.downloaded and not report.extracted:
         console.print(
             f"{report.dataset}: already complete in {report.folder}; nothing downloaded or extracted."
@@ -317,5 +319,5 @@ def _print_summary(report: DownloadReport, console: Console, root: str | Path) -
     console.print(
         f"{report.dataset}: ready in {report.folder} (downloaded "
         f"{len(report.downloaded)}, unpacked {len(report.extracted)} file(s)). Use it "
-        f"with dataset={report.dataset} paths.data_dir={root}"
+        f"with {' or '.join(f'dataset={n}' for n in used_by)} paths.data_dir={root}"
     )

@@ -1,8 +1,8 @@
 """Revisited Oxford / Paris with revisitop's 1M distractors appended (ROxf+R1M, RPar+R1M).
 
 Layout (filipradenovic/revisitop, python/dataset.py ``configdataset('revisitop1m')`` and
-python/download.py ``download_distractors``; what ``retrieval-download dataset=revisitop1m``
-writes)::
+python/download.py ``download_distractors``; what ``retrieval-download dataset=roxford5k+r1m``
+writes into ``<data_dir>/revisitop1m``)::
 
     <distractors root>/revisitop1m.txt     one image a line, a path relative to jpg/ (the
                                            MATLAB reader appends .jpg to a name without one)
@@ -33,10 +33,10 @@ from retrieval.utils.errors import DatasetError
 log = logging.getLogger(__name__)
 
 R1M, R1M_LIST, R1M_SHARDS = "revisitop1m", "revisitop1m.txt", 100
-DOWNLOAD = "retrieval-download dataset=revisitop1m paths.data_dir=DATA_DIR"
+DOWNLOAD = "retrieval-download dataset=roxford5k+r1m paths.data_dir=DATA_DIR"
 _HINT = (
-    f"Download them with `{DOWNLOAD}` (all 100 archives; add shards=N for the first N, to try "
-    f"it) or fetch revisitop1m.txt and jpg/revisitop1m.N.tar.gz from "
+    f"Download them with `{DOWNLOAD}` (or rparis6k+r1m; the distractors go to "
+    f"DATA_DIR/revisitop1m: all 100 archives, shards=N for the first N, to try it) or fetch revisitop1m.txt and jpg/revisitop1m.N.tar.gz from "
     f"http://ptak.felk.cvut.cz/revisitop/revisitop1m/ and unpack the archives into <root>/jpg/."
 )
 

@@ -90,7 +90,7 @@ def test_only_the_archives_the_downloader_unpacked_are_used(tmp_path):
     (root / "shards" / "revisitop1m.1.txt").unlink()
     (root / "shards").rmdir()
     with pytest.raises(
-        DatasetError, match=r"sampled distractors .* missing.*retrieval-download dataset=revisitop1m"
+        DatasetError, match=r"sampled distractors .* missing.*retrieval-download dataset=roxford5k\+r1m"
     ):
         read_distractors(root, offset=70)
 
@@ -104,7 +104,7 @@ def test_a_missing_image_list_names_the_file_and_the_download_command(data, tmp_
     with pytest.raises(DatasetError) as error:
         load_revisited_with_distractors(data / "roxford5k", "roxford5k", tmp_path / "revisitop1m")
     assert str(tmp_path / "revisitop1m" / "revisitop1m.txt") in str(error.value)
-    assert "retrieval-download dataset=revisitop1m" in str(error.value)
+    assert "retrieval-download dataset=roxford5k+r1m" in str(error.value)
 
 
 @pytest.mark.slow  # imports Lightning for the datamodule: ~5 s idle, 20+ s on a loaded machine
