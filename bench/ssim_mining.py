@@ -1,35 +1,37 @@
-"""SSIM mining speed and memory: the project's miner path against a plain skimage loop.
+"""SSIM mining speed and memory: every CPU path against scikit-image, in one run.
 
-    python bench/ssim_mining.py [--images N] [--queries Q] [--pairs P] [--memory-images M]
+    python bench/ssim_mining.py [--images N] [--pairs P] [--full] [--memory-images M]
 
 On synthetic 500x500 grayscale uint8 images (smoothed noise, so windows have realistic
-structure) it times, in the same run:
-  (a) ``skimage.metrics.structural_similarity`` over a sample of query x candidate pairs;
-  (b) the miner's path: ``ssim_many_vs_many`` of Q queries against N images on both cores,
-      once on precomputed statistics (kernel) and once from raw crops (statistics computed
-      per chunk inside the pass, as the miner does);
-and extrapolates both to the full Oxford5k mining run (55 queries x 5063 images).
-Peak memory is measured in a child process that runs the whole ``mine_ssim_negatives``
-(decode, crop cache, mining; 55 queries in one pass as on Oxford) on M images written as
-JPEGs: the peak, sampled every 20 ms, of the summed PSS (proportional set size, from
-/proc/<pid>/smaps_rollup) of that process and its forked scoring workers -- resident
-memory with shared pages (copy-on-write data, the memory-mapped crops) counted once.
-Crop pages that were read count in it, so it is extrapolated to 5063 images by adding
-the crop bytes of the missing images. With CUDA, the torch path is timed on a full
-Oxford-size run. Timings are best-of-3, interleaved between the methods. The machine may
-be shared: the load average is printed, and runs also report CPU time (this process's
-``time.process_time`` plus its finished workers' ``getrusage(RUSAGE_CHILDREN)``), which
-other processes' load inflates far less than wall time; CPU time / wall time of the
-parallel run shows how many cores the workers actually got.
+structure) it times, per pair:
+  * ``skimage.metrics.structural_similarity`` in a loop, in two child processes running
+    the same code: as a user runs it, and with glibc's allocator tuned
+    (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ = 256 MB, so its ~2 MB temporaries are
+    not returned to the kernel and page-faulted in again on every call);
+  * the NumPy path as the miner runs it (query statistics once, candidates' statistics
+    inside the pass, ``--workers`` forked processes);
+  * the fused Numba kernel from raw crops (every window statistic included) on 1 and on
+    ``--workers`` threads;
+and extrapolates to full Oxford5k (55 queries x 5063 images, query statistics included;
+the crop cache -- decoding 1024x768 JPEGs and cropping -- is timed and reported apart).
+``--full`` also runs the fused kernel on a real 55 x 5063 array. Timings are best-of-3,
+round-robin between methods; each is printed as wall / CPU time (CPU time counts every
+thread and finished child, so CPU / wall says how many cores a method actually got). The
+machine may be shared: the load average and the cores this process may use are printed.
+Peak memory is measured in a child process running the whole ``mine_ssim_negatives``
+(decode, crop cache, mining) on M JPEGs, as PSS (shared pages counted once) of it and its
+workers, and extrapolated to 5063 images by adding their memory-mapped crops.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
+import json
 import multiprocessing
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -39,27 +41,23 @@ from typing import Self
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
-from skimage.metrics import structural_similarity
-
-from retrieval.mining.ssim import ssim_many_vs_many
-from retrieval.mining.ssim_miner import mine_ssim_negatives
-from retrieval.mining.ssim_stats import ImageStats
 
 OXFORD_QUERIES, OXFORD_IMAGES, SIDE = 55, 5063, 500
+TUNED = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "268435456"}
 
 
-def synthetic_images(n: int, seed: int = 0) -> np.ndarray:
-    """(n, 500, 500) uint8: Gaussian-smoothed noise with contrast stretched to [0, 255]."""
+def synthetic_images(n: int, seed: int = 0, shape: tuple[int, int] = (SIDE, SIDE)) -> np.ndarray:
+    """(n, H, W) uint8: Gaussian-smoothed noise with contrast stretched to [0, 255]."""
     rng = np.random.default_rng(seed)
-    out = np.empty((n, SIDE, SIDE), np.uint8)
+    out = np.empty((n, *shape), np.uint8)
     for i in range(n):
-        field = gaussian_filter(rng.normal(0, 1, (SIDE, SIDE)), rng.uniform(1, 4))
+        field = gaussian_filter(rng.normal(0, 1, shape), rng.uniform(1, 4))
         out[i] = np.clip(128 + field / field.std() * 50, 0, 255)
     return out
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (the forked workers)."""
+    """CPU time of this process (all threads) and of its finished children."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
 
@@ -76,12 +74,68 @@ def best_of(methods: dict, repeats: int = 3) -> dict[str, tuple[float, float]]:
     return best
 
 
-class TreeMemory:
-    """Peak PSS of this process plus its children (the miner's forked workers), sampled.
+def machine(when: str) -> str:
+    return (
+        f"{when}: load average {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs; "
+        f"this process may use CPUs {sorted(os.sched_getaffinity(0))}"
+    )
 
-    PSS (proportional set size, /proc/<pid>/smaps_rollup) splits shared pages among the
-    processes that map them, so copy-on-write data and the memory-mapped crops count once.
-    """
+
+# -- scikit-image, as run and tuned --------------------------------------------------------
+
+
+def skimage_child(n_pairs: int) -> None:
+    """Child: best-of-3 ms per pair of a plain skimage loop; prints JSON."""
+    from skimage.metrics import structural_similarity
+
+    images = synthetic_images(2 * n_pairs, seed=1)
+    pairs = [(images[2 * k], images[2 * k + 1]) for k in range(n_pairs)]
+    best = best_of({"sk": lambda: [structural_similarity(x, y, data_range=255) for x, y in pairs]})["sk"]
+    print(json.dumps([t / n_pairs for t in best]))
+
+
+def skimage_baselines(n_pairs: int, rounds: int = 2) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) s per pair, as run and tuned, each the best of ``rounds`` alternating children."""
+    best = {"as run": (float("inf"),) * 2, "tuned": (float("inf"),) * 2}
+    for _ in range(rounds):
+        for name, extra in (("as run", {}), ("tuned", TUNED)):
+            env = {k: v for k, v in os.environ.items() if k not in TUNED} | extra
+            out = subprocess.run(
+                [sys.executable, __file__, "--skimage-child", str(n_pairs)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            wall, cpu = json.loads(out.stdout.strip().splitlines()[-1])
+            best[name] = (min(best[name][0], wall), min(best[name][1], cpu))
+    return best
+
+
+# -- crop cache and memory ---------------------------------------------------------------------
+
+
+def write_jpegs(folder: Path, n: int, shape: tuple[int, int]) -> list[Path]:
+    images = synthetic_images(min(n, 16), seed=2, shape=shape)
+    paths = [folder / f"im_{i:05d}.jpg" for i in range(n)]
+    for i, path in enumerate(paths):
+        Image.fromarray(np.roll(images[i % len(images)], i, axis=1)).convert("RGB").save(path, quality=90)
+    return paths
+
+
+def time_crop_cache(n: int, workers: int) -> float:
+    """Seconds per image to decode 1024x768 JPEGs (Oxford's size) and cache their crops."""
+    from retrieval.mining.crops import CropSpec, build_crop_cache
+
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_jpegs(Path(folder), n, (768, 1024))
+        start = time.perf_counter()
+        build_crop_cache(paths, Path(folder) / "cache", CropSpec(SIDE), workers, show_progress=False)
+        return (time.perf_counter() - start) / n
+
+
+class TreeMemory:
+    """Peak PSS of this process plus its children (forked workers), sampled every 20 ms."""
 
     def __init__(self, interval: float = 0.02) -> None:
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
@@ -111,8 +165,7 @@ class TreeMemory:
     def _run(self) -> None:
         me = os.getpid()
         while not self._stop.wait(self.interval):
-            total = self._pss(me) + sum(self._pss(kid) for kid in self._children(me))
-            self.peak = max(self.peak, total)
+            self.peak = max(self.peak, self._pss(me) + sum(self._pss(k) for k in self._children(me)))
 
     def __enter__(self) -> Self:
         self._thread.start()
@@ -123,12 +176,9 @@ class TreeMemory:
         self._thread.join()
 
 
-def fmt(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
-
-
 def memory_probe(folder: str, n_queries: int, queue) -> None:
     """Child process: mine on the JPEGs in ``folder``; report the peak memory in bytes."""
+    from retrieval.mining.ssim_miner import mine_ssim_negatives
     from retrieval.mining.ssim_store import QuerySpec
 
     paths = sorted(Path(folder).glob("*.jpg"))
@@ -139,20 +189,102 @@ def memory_probe(folder: str, n_queries: int, queue) -> None:
     queue.put((memory.peak, time.perf_counter() - start))
 
 
-def measure_memory(images: np.ndarray, n_queries: int) -> tuple[int, float]:
+def report_memory(n_images: int, n_queries: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        for i, image in enumerate(images):
-            Image.fromarray(image).save(Path(folder) / f"im_{i:05d}.jpg", quality=95)
+        write_jpegs(Path(folder), n_images, (SIDE, SIDE))
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: its peak is the miner's
         queue = ctx.Queue()
         child = ctx.Process(target=memory_probe, args=(folder, n_queries, queue))
         child.start()
-        result = queue.get()
+        peak, seconds = queue.get()
         child.join()
-    return result
+    full = peak + (OXFORD_IMAGES - n_images) * SIDE * SIDE
+    print(
+        f"\npeak memory (PSS of the miner and its workers), mine_ssim_negatives on {n_images} JPEGs x "
+        f"{n_queries} queries ({seconds:.1f} s): {peak / 2**30:.2f} GiB; with the memory-mapped crops of "
+        f"{OXFORD_IMAGES} images: {full / 2**30:.2f} GiB (target <= 4 GB)"
+    )
 
 
-def time_torch_full_run(images: np.ndarray) -> None:
+# -- the project's paths -----------------------------------------------------------------------
+
+
+def report_speed(args) -> None:
+    from retrieval.mining.ssim import ssim_many_vs_many
+    from retrieval.mining.ssim_fused import prepare_queries, ssim_many_vs_many_fused
+    from retrieval.mining.ssim_stats import ImageStats
+
+    images = synthetic_images(max(args.images, OXFORD_QUERIES))
+    queries, database = images[:OXFORD_QUERIES], images[: args.images]
+    small = database[: args.numpy_images]
+    prepared, q_stats = prepare_queries(queries), ImageStats.compute(queries)
+    ssim_many_vs_many_fused(prepared, database[:2], 255)  # compile or load from Numba's cache
+    n, n_small = len(queries) * len(database), len(queries) * len(small)
+    w = args.workers
+    best = best_of(
+        {
+            "numpy": lambda: ssim_many_vs_many(q_stats, small, 255, workers=w),
+            "fused1": lambda: ssim_many_vs_many_fused(prepared, database, 255, threads=1),
+            f"fused{w}": lambda: ssim_many_vs_many_fused(prepared, database, 255, threads=w),
+            "prepare": lambda: prepare_queries(queries),
+        }
+    )
+    print(machine("after the timed paths"))
+    base = skimage_baselines(args.pairs)
+    print(machine("after the scikit-image children"))
+    from skimage.metrics import structural_similarity
+
+    got = ssim_many_vs_many_fused(prepared, database[:3], 255)[0]
+    error = max(
+        abs(got[j] - structural_similarity(queries[0], database[j], data_range=255)) for j in range(3)
+    )
+    rows = [
+        ("scikit-image loop, as a user runs it", base["as run"], 1),
+        ("scikit-image loop, allocator tuned (child env)", base["tuned"], 1),
+        (f"NumPy path, {w} worker processes ({len(small)} images)", best["numpy"], n_small),
+        ("fused kernel, 1 thread", best["fused1"], n),
+        (f"fused kernel, {w} threads", best[f"fused{w}"], n),
+    ]
+    sk, tuned = base["as run"][0], base["tuned"][0]
+    print(
+        f"\nper pair, 500x500 grayscale uint8, {len(queries)} queries (max |fused - skimage| = {error:.1e}):"
+    )
+    print(
+        f"  {'method':52s} {'wall ms':>8s} {'CPU ms':>8s} {'cores':>6s} {'vs as run':>10s} {'vs tuned':>9s}"
+    )
+    for name, (wall, cpu), count in rows:
+        wall, cpu = wall / count, cpu / count
+        print(
+            f"  {name:52s} {wall * 1e3:8.4f} {cpu * 1e3:8.4f} {cpu / wall:6.2f} {sk / wall:9.1f}x {tuned / wall:8.1f}x"
+        )
+    fused = best[f"fused{w}"][0] / n
+    print(f"  targets: >= 100x vs as run ({sk / fused:.0f}x), >= 50x vs tuned ({tuned / fused:.0f}x)")
+
+    decode = time_crop_cache(args.crop_images, w)
+    full = OXFORD_QUERIES * OXFORD_IMAGES
+    ours = full * fused + best["prepare"][0]
+    print(
+        f"\nfull Oxford5k, {OXFORD_QUERIES} x {OXFORD_IMAGES} = {full} pairs, every window statistic included:"
+    )
+    print(f"  scikit-image as run {full * sk / 60:.1f} min, tuned {full * tuned / 60:.1f} min")
+    print(f"  fused kernel, {w} threads: {ours:.1f} s (target <= 60 s)")
+    cpu = full * best[f"fused{w}"][1] / n + best["prepare"][1]
+    print(f"  the same from its CPU time, on {w} free cores: {cpu / w:.1f} s ({cpu:.0f} s of CPU)")
+    print(
+        f"  crop cache (decode {args.crop_images} 1024x768 JPEGs, {w} threads; once per dataset): "
+        f"{decode * 1e3:.1f} ms/image -> {OXFORD_IMAGES * decode:.0f} s for {OXFORD_IMAGES} images"
+    )
+    if args.full:
+        everything = np.resize(images, (OXFORD_IMAGES, SIDE, SIDE))  # content does not change timing
+        start, cpu = time.perf_counter(), cpu_seconds()
+        ssim_many_vs_many_fused(queries, everything, 255, threads=w)
+        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        print(
+            f"  measured: fused kernel on a real {OXFORD_QUERIES} x {OXFORD_IMAGES} array: {wall:.1f} s ({cpu / wall:.2f} cores)"
+        )
+
+
+def time_torch_full_run() -> None:
     import torch
 
     from retrieval.mining.ssim_torch import ssim_many_vs_many_torch
@@ -160,110 +292,39 @@ def time_torch_full_run(images: np.ndarray) -> None:
     if not torch.cuda.is_available():
         print("\n(torch/CUDA: no CUDA device here, GPU timing skipped)")
         return
-    database = np.resize(images, (OXFORD_IMAGES, SIDE, SIDE))  # content does not change timing
-    for dtype in (torch.float32, torch.float64):
-        ssim_many_vs_many_torch(images[:2], database[:256], 255, dtype=dtype)  # warm-up
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        ssim_many_vs_many_torch(np.resize(images, (OXFORD_QUERIES, SIDE, SIDE)), database, 255, dtype=dtype)
-        torch.cuda.synchronize()
-        print(
-            f"torch on {torch.cuda.get_device_name()}, {dtype}: full Oxford run "
-            f"{OXFORD_QUERIES}x{OXFORD_IMAGES} in {time.perf_counter() - start:.1f} s"
-        )
-
-
-def report_memory(n_images: int, n_queries: int) -> None:
-    peak, seconds = measure_memory(synthetic_images(n_images), n_queries)
-    crop_bytes = SIDE * SIDE
-    full_peak = peak + (OXFORD_IMAGES - n_images) * crop_bytes
+    images = synthetic_images(64)
+    database = np.resize(images, (OXFORD_IMAGES, SIDE, SIDE))
+    ssim_many_vs_many_torch(images[:2], database[:64], 255)  # warm-up
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    ssim_many_vs_many_torch(np.resize(images, (OXFORD_QUERIES, SIDE, SIDE)), database, 255)
+    torch.cuda.synchronize()
     print(
-        f"peak memory (PSS of the miner and its workers), mine_ssim_negatives on {n_images} JPEGs"
-        f" x {n_queries} queries (decode + cache + mining, {seconds:.1f} s): {peak / 2**30:.2f} GiB"
+        f"\ntorch on {torch.cuda.get_device_name()}: full Oxford run {OXFORD_QUERIES}x{OXFORD_IMAGES} "
+        f"in {time.perf_counter() - start:.1f} s after the crop cache (target <= 10 s)"
     )
-    print(
-        f"  extrapolated to {OXFORD_IMAGES} images (+ their memory-mapped crops, "
-        f"{OXFORD_IMAGES * crop_bytes / 2**30:.2f} GiB in all): {full_peak / 2**30:.2f} GiB "
-        "(target <= 4 GB)"
-    )
-
-
-def report_speed(queries: np.ndarray, database: np.ndarray, n_pairs: int, workers: int) -> None:
-    rng = np.random.default_rng(1)
-    pairs = [tuple(rng.choice(len(database), 2, replace=False)) for _ in range(n_pairs)]
-    q_stats, db_stats = ImageStats.compute(queries), ImageStats.compute(database)
-    n = len(queries) * len(database)
-    best = best_of(
-        {
-            "skimage": lambda: [
-                structural_similarity(database[i], database[j], data_range=255) for i, j in pairs
-            ],
-            "one": lambda: ssim_many_vs_many(q_stats, db_stats, 255, workers=1),
-            "many": lambda: ssim_many_vs_many(q_stats, db_stats, 255, workers=workers),
-            "raw": lambda: ssim_many_vs_many(queries, database, 255, workers=workers),
-            "stats": lambda: ImageStats.compute(database[:16]),
-        }
-    )
-    sk_wall, sk_cpu = (t / len(pairs) for t in best["skimage"])
-    one_wall, one_cpu = (t / n for t in best["one"])
-    (many_wall, many_cpu), raw_wall = (t / n for t in best["many"]), best["raw"][0] / n
-    stats_wall = best["stats"][0] / 16
-    check = ssim_many_vs_many(q_stats, database[:3], 255)[0]
-    error = max(
-        abs(check[j] - structural_similarity(queries[0], database[j], data_range=255)) for j in range(3)
-    )
-    print(f"\nper pair, 500x500 grayscale uint8 (max |ours - skimage| = {error:.1e}), wall / CPU ms:")
-    print(f"  skimage structural_similarity loop        {sk_wall * 1e3:7.3f} / {sk_cpu * 1e3:7.3f}")
-    print(
-        f"  ours, precomputed stats, 1 process        {one_wall * 1e3:7.3f} / {one_cpu * 1e3:7.3f}"
-        f"   x{sk_wall / one_wall:5.1f} wall, x{sk_cpu / one_cpu:5.1f} CPU"
-    )
-    print(
-        f"  ours, precomputed stats, {workers} workers        {many_wall * 1e3:7.3f} / {many_cpu * 1e3:7.3f}"
-        f"   x{sk_wall / many_wall:5.1f} wall; the workers got {many_cpu / many_wall:.2f} cores"
-    )
-    print(
-        f"  ours, stats inside ({len(queries)} queries/pass)     {raw_wall * 1e3:7.3f}"
-        f"             x{sk_wall / raw_wall:5.1f} wall"
-    )
-    print(f"  window statistics, per image              {stats_wall * 1e3:7.3f} (once per pass)")
-
-    full = OXFORD_QUERIES * OXFORD_IMAGES
-    per_pass = inspect.signature(mine_ssim_negatives).parameters["queries_per_pass"].default
-    passes = -(-OXFORD_QUERIES // per_pass)
-    stats_time = passes * OXFORD_IMAGES * stats_wall / workers  # candidates' stats, once a pass
-    ours, ours_cpu = full * many_wall + stats_time, full * many_cpu / workers + stats_time
-    print(f"\nfull Oxford5k mining, {OXFORD_QUERIES} x {OXFORD_IMAGES} = {full} pairs, {passes} pass(es):")
-    print(f"  skimage loop   {fmt(full * sk_wall)} wall ({fmt(full * sk_cpu)} of CPU)")
-    print(f"  ours           {fmt(ours)} wall, speed-up x{full * sk_wall / ours:.1f} (target >= 30)")
-    print(
-        f"  ours from CPU times, {workers} workers scaling ideally on free cores: {fmt(ours_cpu)},"
-        f" speed-up x{full * sk_cpu / ours_cpu:.1f}"
-    )
-    load = os.getloadavg()[0]
-    if load > 1.5:
-        print(
-            f"  note: load average {load:.1f}: other processes hold the cores, so wall-clock ratios"
-            " of the parallel runs are understated; the CPU-time ratios are not"
-        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=160, help="candidates for the miner path")
-    parser.add_argument("--queries", type=int, default=8, help="queries for the miner path")
-    parser.add_argument("--pairs", type=int, default=24, help="pairs sampled for skimage")
+    parser.add_argument("--images", type=int, default=128, help="candidates for the fused kernel")
+    parser.add_argument("--numpy-images", type=int, default=24, help="candidates for the NumPy path")
+    parser.add_argument("--pairs", type=int, default=24, help="pairs per scikit-image child")
+    parser.add_argument("--crop-images", type=int, default=64, help="JPEGs decoded for the crop cache")
     parser.add_argument("--memory-images", type=int, default=200, help="0 skips the probe")
-    parser.add_argument("--memory-queries", type=int, default=OXFORD_QUERIES)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--full", action="store_true", help="also run 55 x 5063 for real")
+    parser.add_argument("--skimage-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
-    if args.memory_images:  # first, while this process is still small
-        report_memory(args.memory_images, args.memory_queries)
-    images = synthetic_images(max(args.images, args.queries, 2))
-    report_speed(images[: args.queries], images[: args.images], args.pairs, args.workers)
-    time_torch_full_run(images)
-    print(f"\nload average {os.getloadavg()[0]:.2f} at end")
+    if args.skimage_child:
+        skimage_child(args.skimage_child)
+        return
+    print(machine("at start"))
+    report_speed(args)
+    if args.memory_images:
+        report_memory(args.memory_images, OXFORD_QUERIES)
+    time_torch_full_run()
+    print(machine("at end"))
 
 
 if __name__ == "__main__":

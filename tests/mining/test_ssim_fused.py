@@ -16,6 +16,12 @@ from tests.mining.test_ssim import SHAPES, TOL, image_set, reference
 fused = pytest.importorskip("retrieval.mining.ssim_fused")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compiled() -> None:
+    """Compile once (~16 s of CPU on a fresh machine; ~1 s from Numba's cache), in setup."""
+    assert fused.fused_kernel_works()
+
+
 def scores(queries: np.ndarray, many: np.ndarray, **kw) -> np.ndarray:
     return fused.ssim_many_vs_many_fused(queries, many, 255, multichannel=many.ndim == 4, **kw)
 
