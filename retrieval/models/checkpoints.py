@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import UninitializedParameter
 
 from retrieval.utils.errors import UserFacingError
 
@@ -64,6 +65,9 @@ def mismatch(model: nn.Module, state_dict: dict[str, torch.Tensor], shown: int =
         for k, v in expected.items()
         if k in state_dict
         and hasattr(state_dict[k], "shape")
+        # a lazy parameter (head=linear, per-channel GeM, a classification loss's class
+        # weights) takes its shape from the file when loaded: nothing to compare yet
+        and not isinstance(v, UninitializedParameter)
         and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
     parts = []
@@ -86,6 +90,6 @@ def load_weights(model: nn.Module, ckpt_path: str | Path) -> None:
         raise CheckpointError(
             f"checkpoint {ckpt_path} was trained with another model than the configured one "
             f"({difference}). Pass the model overrides it was trained with (its run's "
-            f".hydra/config.yaml lists them: model.net.backbone.name=..., pooling=..., head=...)"
+            f".hydra/config.yaml lists them: model.net.backbone.name=..., pooling=..., head=..., loss=...)"
         )
     model.load_state_dict(state_dict)

@@ -7,6 +7,8 @@ from fractions import Fraction
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedParameter
 
 
 class Flatten(nn.Module):
@@ -31,7 +33,8 @@ class SPoC(nn.Module):
 
 
 class GeM(nn.Module):
-    """Generalised mean pooling (Radenović et al.) with a learnable exponent ``p``."""
+    """Generalised mean pooling (Radenović et al.) with a learnable exponent ``p``, one for
+    the whole network (``learnable=false``: fixed p); :class:`ChannelGeM` learns one per channel."""
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = True) -> None:
         super().__init__()
@@ -45,6 +48,32 @@ class GeM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p.item():.3f}, eps={self.eps}"
+
+
+class ChannelGeM(LazyModuleMixin, GeM):
+    """GeM with one learnable exponent per channel (cirtorch's ``GeMmp``): ``p`` is a
+    (C,) vector, all ``p`` at the start; C is read from the first feature map (the module
+    sizes it with a dry forward before the optimizer sees it), or from a checkpoint."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = True) -> None:
+        super().__init__(p, eps, learnable)
+        self.p_init = float(p)
+        self.p = UninitializedParameter(requires_grad=learnable)
+
+    def initialize_parameters(self, x: torch.Tensor) -> None:  # type: ignore[override]
+        if self.has_uninitialized_params():
+            with torch.no_grad():
+                self.p.materialize((x.shape[1],), device=x.device)
+                self.p.fill_(self.p_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p.view(1, -1, 1, 1)
+        return x.clamp(min=self.eps).pow(p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+    def extra_repr(self) -> str:
+        if self.has_uninitialized_params():
+            return f"p={self.p_init:.3f} per channel (not sized yet), eps={self.eps}"
+        return f"p per channel ({self.p.numel()}; mean {self.p.mean().item():.3f}), eps={self.eps}"
 
 
 @functools.lru_cache(maxsize=64)  # one grid per feature-map size: computed once, not per batch

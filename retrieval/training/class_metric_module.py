@@ -1,6 +1,8 @@
-"""LightningModule for class-labelled batches: embed a P×K batch, mine triplets in it, and
-apply the configured triplet loss to them. ``model=class_metric``, which the class-labelled
-datasets (``dataset=folder|csv|toy_classes``) choose in their config.
+"""LightningModule for class-labelled batches: embed a P×K batch and apply the loss group's
+loss: a triplet loss to the triplets mined in it, a pair loss to the mined tuples (or every
+pair), a classification loss to the labels. ``model=class_metric``, which the class-labelled
+datasets (``dataset=folder|csv|toy_classes``) choose in their config, and
+``model=landmark_classes`` (a landmark set's images labelled with their landmark).
 
 It is the triplet module with another ``training_step``: the network, the loss (margin and
 distance of ``model.loss``), optimizer/scheduler partials, ``forward`` and the evaluation
@@ -15,6 +17,7 @@ from pytorch_metric_learning.miners import BaseMiner
 from torch import nn
 
 from retrieval.mining.in_batch import InBatchMinerFactory, mine_triplets
+from retrieval.training.losses import ClassificationLoss, PairLoss, compute_loss
 from retrieval.training.triplet_module import (
     OptimizerFactory,
     SchedulerFactory,
@@ -47,12 +50,19 @@ class ClassMetricModule(TripletRetrievalModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
         embeddings = self(images)
-        anchor, positive, negative = mine_triplets(self.miner, embeddings, labels)
-        if len(anchor):
-            loss = self.loss(embeddings[anchor], embeddings[positive], embeddings[negative])
-        else:  # nothing mined (e.g. no semi-hard triplet left): a zero that keeps the graph
-            loss = embeddings.sum() * 0.0
         batch_size = images.shape[0]
+        if isinstance(self.loss, ClassificationLoss):  # labels against class weights: no tuples
+            loss = compute_loss(self.loss, embeddings, labels)
+        elif isinstance(self.loss, PairLoss):
+            # the miner's tuples as they come (pml pair losses take triplets and pairs); with
+            # none, pml forms every pair of the batch from the labels (no repeated pairs)
+            tuples = self.miner(embeddings, labels) if self.miner is not None else None
+            loss = compute_loss(self.loss, embeddings, labels, tuples)
+        else:
+            triplets = mine_triplets(self.miner, embeddings, labels)
+            loss = compute_loss(self.loss, embeddings, labels, triplets)
+            self.log(
+                "train/triplets", float(len(triplets[0])), on_step=False, on_epoch=True, batch_size=batch_size
+            )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
-        self.log("train/triplets", float(len(anchor)), on_step=False, on_epoch=True, batch_size=batch_size)
         return loss

@@ -11,14 +11,20 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from retrieval.datamodules.landmark_datamodule import VAL_TRIPLETS
+from retrieval.training.losses import ClassificationLoss, compute_loss
+from retrieval.training.parameter_groups import parameter_groups
+from retrieval.utils.errors import UserFacingError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
 class TripletRetrievalModule(L.LightningModule):
-    """``net`` maps images to L2-normalised embeddings; ``loss`` takes (anchor, positive,
-    negative) embeddings. Optimizer and scheduler come as partials from the config."""
+    """``net`` maps images to L2-normalised embeddings; ``loss`` is one of the loss group's
+    (:mod:`retrieval.training.losses`): on landmark triplets a triplet or pair loss.
+    Optimizer and scheduler come as partials from the config; a loss with parameters (the
+    class weights of a classification loss) is a submodule, so it is in the optimizer and
+    in every checkpoint."""
 
     def __init__(
         self,
@@ -49,23 +55,50 @@ class TripletRetrievalModule(L.LightningModule):
     def configure_model(self) -> None:
         """Called by the trainer before the optimizer and before a checkpoint is restored.
 
-        A lazy projection head (head=linear) is sized first, by one dry forward at the
-        datamodule's image size in eval mode (BatchNorm statistics stay untouched); memory
-        format and compilation come after, as they need materialised weights."""
+        Sizes what waits for the data: a lazy head (head=linear) or per-channel GeM, by one
+        dry forward at the datamodule's image size in eval mode (BatchNorm statistics stay
+        untouched), and a classification loss's class weights (the datamodule's classes x
+        the embedding size). Memory format and compilation come after, as they need
+        materialised weights."""
         if self._configured:
             return
         self._configured = True
-        if any(isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in self.net.modules()):
-            size = getattr(self.trainer.datamodule, "image_size", 224) if self._trainer else 224
-            training = self.net.training
-            with torch.no_grad():
-                self.net.eval()(torch.zeros(1, 3, size, size, device=self.device))
-            self.net.train(training)
+        lazy = any(
+            isinstance(m, LazyModuleMixin) and m.has_uninitialized_params() for m in self.net.modules()
+        )
+        unsized_loss = isinstance(self.loss, ClassificationLoss) and not self.loss.built
+        if lazy or unsized_loss:
+            embedding_size = self._dry_forward().shape[1]
+            if unsized_loss:
+                self.loss.build(self._num_classes(), embedding_size)
         if self.hparams.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if self.hparams.compile:
             # in place (nn.Module.compile): parameter names and checkpoints stay as without it
             self.net.compile(**dict(self.hparams.compile_options or {}))
+
+    def _dry_forward(self) -> torch.Tensor:
+        size = getattr(self.trainer.datamodule, "image_size", 224) if self._trainer else 224
+        training = self.net.training
+        with torch.no_grad():
+            out = self.net.eval()(torch.zeros(1, 3, size, size, device=self.device))
+        self.net.train(training)
+        return out
+
+    def _num_classes(self) -> int:
+        """The training data's number of classes: a landmark-class datamodule's landmarks, a
+        class set's classes (every class name counts, trained or not)."""
+        datamodule = self.trainer.datamodule if self._trainer else None
+        classes = getattr(datamodule, "num_classes", None)
+        if classes is None and getattr(datamodule, "train_gt", None) is not None:
+            classes = len(datamodule.train_gt.class_names)
+        if classes is None:
+            raise UserFacingError(
+                f"model.loss={type(self.loss).__name__} learns one weight vector per class, but the "
+                "training data has no classes (a landmark set's triplets): on a landmark set use "
+                "model=landmark_classes, or a tuple loss (loss=triplet|contrastive|multi_similarity)"
+            )
+        return int(classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -77,7 +110,10 @@ class TripletRetrievalModule(L.LightningModule):
         # one batched forward for all three roles: one pass of the backbone over 3B images
         # keeps the accelerator busier than three passes over B (see bench/train_step.py)
         embeddings = self(torch.cat([anchor, positive, negative]))
-        return self.loss(*embeddings.split(anchor.shape[0]))
+        rows = torch.arange(anchor.shape[0], device=embeddings.device)
+        # the batch's tuples as indices: (q_i, p_i, n_i) for a triplet loss, the pairs
+        # (q_i, p_i) positive and (q_i, n_i) negative for a pair loss (cirtorch's contrastive)
+        return compute_loss(self.loss, embeddings, None, (rows, rows + len(rows), rows + 2 * len(rows)))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._triplet_loss(batch)
@@ -104,7 +140,7 @@ class TripletRetrievalModule(L.LightningModule):
         return self.validation_step(batch, batch_idx, dataloader_idx)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=parameter_groups(self.net, self.loss))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
