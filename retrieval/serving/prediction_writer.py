@@ -68,6 +68,8 @@ class ShardWriter(BasePredictionWriter):
     ) -> None:
         indices = batch[1].cpu().numpy().astype(np.int64)
         vectors = prediction.float().cpu().numpy()
+        mine = np.isin(indices // self.plan.size, self.assigned)  # not ShardBatchSampler's filler
+        indices, vectors = indices[mine], vectors[mine]
         self._mine += len(indices)
         for shard in np.unique(indices // self.plan.size).tolist():
             rows = indices // self.plan.size == shard
@@ -101,6 +103,10 @@ class ShardBatchSampler(Sampler[list[int]]):
         self.writer, self.batch_size = writer, batch_size
 
     def _indices(self) -> Iterator[int]:
+        if not self.writer.assigned:
+            # Lightning refuses a rank whose loader is empty (fewer shards left than
+            # ranks): one image as filler, which the writer drops
+            yield 0
         for shard in self.writer.assigned:
             yield from self.writer.plan.rows(shard)
 
@@ -116,4 +122,4 @@ class ShardBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         count = sum(len(self.writer.plan.rows(s)) for s in self.writer.assigned)
-        return -(-count // self.batch_size)
+        return max(1, -(-count // self.batch_size))
