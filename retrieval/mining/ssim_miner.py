@@ -304,10 +304,17 @@ Scorer = _NumpyScorer | _TorchScorer | _FusedScorer
 def fused_unavailable() -> str | None:
     """Why the fused kernel cannot run here (Numba missing, or it fails to compile or to
     check out on a tiny pair), or None. Compiled once per machine (Numba's cache)."""
+    start = time.perf_counter()
     try:
         from retrieval.mining.ssim_fused import fused_kernel_works
 
-        return None if fused_kernel_works() else "it gave a wrong score on a test pair"
+        works = fused_kernel_works()
+        if time.perf_counter() - start > 5:  # a compile, not a load from Numba's cache
+            log.info(
+                "compiled the fused SSIM kernel in %.0f s (cached for later runs)",
+                time.perf_counter() - start,
+            )
+        return None if works else "it gave a wrong score on a test pair"
     except Exception as error:  # noqa: BLE001 -- ImportError, a compile error: fall back, say why
         return f"{type(error).__name__}: {error}"
 
