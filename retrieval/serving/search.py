@@ -16,6 +16,10 @@ Backends (``configs/search/<name>.yaml``):
   them visited per query) holding full vectors / product-quantised codes; ``refine``
   re-scores ``refine * k`` PQ candidates with the exact vectors. For 10^5+ vectors.
 - ``hnsw``: faiss HNSW graph (``M`` links per node, ``ef_search`` beam width).
+- ``auto``: one of the above chosen for a memory budget and tuned to a recall target, stored
+  beside the database and memory-mapped (:mod:`retrieval.serving.auto_index`).
+- ``milvus``: a Milvus collection, embedded milvus-lite file or a server
+  (:mod:`retrieval.serving.milvus_index`); the only backend with a metadata ``filter``.
 
 ``search(queries, k)`` returns ``(scores, indices)``, both ``(nq, min(k, n))``, best first;
 an approximate index that finds fewer than ``k`` candidates pads with score ``-inf`` and
@@ -24,8 +28,12 @@ index ``-1`` (as faiss does).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -62,6 +70,17 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 class _Backend(Protocol):
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class IndexSource:
+    """What the vectors are, for backends that keep more than vectors: row names and the
+    dataset (a Milvus collection's fields) and the database folder (where ``auto`` stores
+    its trained index and milvus-lite its file)."""
+
+    names: Sequence[str] | None = None
+    dataset: str | None = None
+    directory: Path | None = None
 
 
 class ExactSearch:
@@ -155,22 +174,37 @@ class HNSWSearch:
         return self.index.search(queries, k)
 
 
-BACKENDS: dict[str, type] = {
+BACKENDS: dict[str, type | str] = {
     "exact": ExactSearch,
     "ivfflat": IVFSearch,
     "ivfpq": IVFSearch,
     "hnsw": HNSWSearch,
+    # imported on use (they import this module; milvus needs the optional pymilvus); they
+    # take the IndexSource and a metadata filter
+    "auto": "retrieval.serving.auto_index:AutoIndex",
+    "milvus": "retrieval.serving.milvus_index:MilvusSearch",
 }
+_WITH_SOURCE = ("auto", "milvus")
+
+
+def _backend_class(name: str) -> type:
+    entry = BACKENDS[name]
+    if isinstance(entry, str):
+        module, _, attribute = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attribute)
+    return entry
 
 
 class SearchIndex:
     """A searchable set of L2-normalised vectors; ``backend`` and its ``params`` as above.
 
     ``SearchIndex(vectors)`` is exact search; the ``search`` config group instantiates it
-    as a partial: ``instantiate(cfg.search)(vectors)``.
+    as a partial: ``instantiate(cfg.search)(vectors, source=IndexSource(...))``.
     """
 
-    def __init__(self, vectors: np.ndarray, backend: str = "exact", **params) -> None:
+    def __init__(
+        self, vectors: np.ndarray, backend: str = "exact", source: IndexSource | None = None, **params
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown search backend '{backend}' (one of {sorted(BACKENDS)})")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # BLAS / faiss want float32
@@ -180,20 +214,31 @@ class SearchIndex:
             params.setdefault("pq_m", 16)
         elif backend == "ivfflat":
             params["pq_m"] = None
+        if backend in _WITH_SOURCE:
+            params["source"] = source
         self.backend, self.size, self.dim = backend, len(vectors), vectors.shape[1]
-        self._impl: _Backend = BACKENDS[backend](vectors, **params)
+        self._impl: _Backend = _backend_class(backend)(vectors, **params)
         log.info("search index: %s over %d x %d", backend, self.size, self.dim)
 
     def __len__(self) -> int:
         return self.size
 
-    def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int = 10, filter: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of each query; ``filter`` (milvus only) is a boolean expression over the
+        collection's fields, e.g. ``dataset == "oxford5k"`` or ``name like "all_souls%"``."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {queries.shape[1]}, the index {self.dim}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        scores, indices = self._impl.search(queries, min(k, self.size))
+        if filter is not None:
+            if self.backend != "milvus":
+                raise ValueError(f"a search filter needs search=milvus, this index is '{self.backend}'")
+            scores, indices = self._impl.search(queries, min(k, self.size), filter=filter)  # type: ignore[call-arg]
+        else:
+            scores, indices = self._impl.search(queries, min(k, self.size))
         indices = np.asarray(indices, dtype=np.int64)
         scores = np.where(indices < 0, -np.inf, scores).astype(np.float32)
         return scores, indices

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from retrieval.data.image_io import load_rgb
 from retrieval.models.inference import embed_batch, resolve_device
 from retrieval.serving.database import DatabaseArtifact, load_model_for_database
-from retrieval.serving.search import SearchIndex
+from retrieval.serving.search import IndexSource, SearchIndex
 from retrieval.utils.errors import UserFacingError
 from retrieval.utils.validation import box_problem
 
@@ -38,7 +38,7 @@ class DatabaseSearcher:
     def __init__(
         self,
         artifact: DatabaseArtifact,
-        index_factory: Callable[[np.ndarray], SearchIndex] = SearchIndex,
+        index_factory: Callable[..., SearchIndex] = SearchIndex,
         ckpt_path: str | Path | None = None,
         device: str = "auto",
     ) -> None:
@@ -46,7 +46,9 @@ class DatabaseSearcher:
         self.device = resolve_device(device)
         model, self.transform = load_model_for_database(artifact, ckpt_path)
         self.model = model.to(self.device)
-        self.index = index_factory(artifact.embeddings)
+        # names, dataset and folder: the fields of a Milvus collection, where auto stores its index
+        source = IndexSource(artifact.image_names, artifact.dataset, artifact.path)
+        self.index = index_factory(artifact.embeddings, source=source)
 
     def embed(self, image: str | Path, bbox: Sequence[float] | None = None) -> np.ndarray:
         """The query's searchable vector ``(1, dim)``: network, then the database's whitening."""
@@ -59,12 +61,15 @@ class DatabaseSearcher:
         whitening = self.artifact.whitening
         return whitening.apply(descriptor) if whitening is not None else descriptor
 
-    def query(self, image: str | Path, k: int = 10, bbox: Sequence[float] | None = None) -> list[Match]:
-        return self.search_vector(self.embed(image, bbox), k)
+    def query(
+        self, image: str | Path, k: int = 10, bbox: Sequence[float] | None = None, filter: str | None = None
+    ) -> list[Match]:
+        return self.search_vector(self.embed(image, bbox), k, filter)
 
-    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[Match]:
-        """The top-``k`` matches of one searchable vector ``(1, dim)`` (from :meth:`embed`)."""
-        scores, indices = self.index.search(vector, k)
+    def search_vector(self, vector: np.ndarray, k: int = 10, filter: str | None = None) -> list[Match]:
+        """The top-``k`` matches of one searchable vector ``(1, dim)`` (from :meth:`embed`);
+        ``filter``: a metadata expression (search=milvus: ``dataset == "oxford5k"``)."""
+        scores, indices = self.index.search(vector, k, filter=filter)
         a = self.artifact
         return [
             Match(rank, float(s), int(i), a.image_names[i], a.image_paths[i])

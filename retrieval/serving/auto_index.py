@@ -1,0 +1,241 @@
+"""``search=auto``: a faiss index chosen for a memory budget, tuned to a recall target, kept on disk.
+
+1. :func:`~retrieval.serving.index_choice.plan_index` picks exact / HNSW / IVF-Flat / IVF-PQ
+   and its parameters from ``n``, ``d`` and ``memory_budget``;
+2. the index is trained on a seeded sample of the vectors and filled;
+3. ``nprobe`` (IVF) or ``efSearch`` (HNSW) is raised, doubling then bisecting, until the
+   recall@k of ``tune_queries`` held-out database rows (each query's own row left out of
+   both lists) against exact search reaches ``target_recall``;
+4. the index and what was chosen are written beside the database
+   (``index/auto-<fingerprint>.faiss`` + ``.json``, atomically), and a later start with the
+   same vectors and settings reads them back memory-mapped (``IO_FLAG_MMAP``: IVF lists and
+   flat storage stay in the page cache, not in the process) instead of training again.
+
+IVF-PQ candidates are re-scored on the exact vectors (the array the index was built from,
+a memory map of ``embeddings.npy`` where the database gives one). faiss' own
+``IndexRefineFlat`` would keep a second full copy of the vectors inside the index, in memory,
+which is what a memory budget rules out; so the re-ranking is written here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.serving.index_choice import parse_bytes, plan_index
+from retrieval.serving.search import IndexSource, _faiss, top_k
+from retrieval.utils.atomic import atomic_file, write_atomic
+
+log = logging.getLogger(__name__)
+
+_BLOCK = 1 << 16  # rows per block when hashing or scanning (bounded temporaries)
+_TRAIN_POINTS_PER_CELL = 50
+_MAX_PARAM = {"nprobe": 1 << 16, "efSearch": 4096}
+
+
+def fingerprint(vectors: np.ndarray) -> str:
+    """blake2b of the vectors' bytes and shape: a stored index belongs to exactly these."""
+    digest = hashlib.blake2b(str(vectors.shape).encode(), digest_size=16)
+    for start in range(0, len(vectors), _BLOCK):
+        digest.update(np.ascontiguousarray(vectors[start : start + _BLOCK]).tobytes())
+    return digest.hexdigest()
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    return float(np.mean([len(set(a[a >= 0]) & set(b)) / k for a, b in zip(found, truth)]))
+
+
+class AutoIndex:
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        source: IndexSource | None = None,
+        memory_budget: int | str = "4GB",
+        target_recall: float = 0.95,
+        k: int = 10,
+        tune_queries: int = 256,
+        index_path: str | None = None,
+        exact_below: int = 10_000,
+        hnsw_max_n: int = 250_000,
+        max_nlist: int = 8192,
+        refine: int = 10,
+        seed: int = 0,
+    ) -> None:
+        if not 0 < target_recall <= 1:
+            raise ValueError(f"search.target_recall must be in (0, 1], got {target_recall}")
+        self.vectors, self.faiss = vectors, _faiss()
+        self.budget = parse_bytes(memory_budget)
+        n, d = vectors.shape
+        self.plan = plan_index(n, d, self.budget, exact_below, hnsw_max_n, max_nlist, refine)
+        settings = {"budget": self.budget, "target_recall": target_recall, "k": k, "plan": vars(self.plan)}
+        self.settings = {**settings, "tune_queries": tune_queries, "seed": seed}
+        self.index = None
+        self.param: dict[str, int] = {}
+        self.recall: float | None = None
+        if self.plan.kind == "exact":
+            log.info("search=auto: %d vectors, exact search", n)
+            return
+        path = self._path(index_path, source, vectors)
+        if path is not None and self._load(path):
+            return
+        start = time.perf_counter()
+        self.index = self._build(seed)
+        self.build_s = time.perf_counter() - start
+        self._tune(target_recall, k, tune_queries, seed)
+        if path is not None:
+            self._store(path)
+        log.info(
+            "search=auto: %s, %s -> recall@%d %.3f (target %.2f), built in %.0f s",
+            self.plan.describe(), self.param, k, self.recall, target_recall, self.build_s,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ build and tune
+    def _build(self, seed: int):
+        faiss, vectors, plan = self.faiss, self.vectors, self.plan
+        index = faiss.index_factory(vectors.shape[1], plan.factory, faiss.METRIC_INNER_PRODUCT)
+        if plan.kind == "hnsw":
+            index.hnsw.efConstruction = 80
+        else:
+            faiss.extract_index_ivf(index).cp.seed = seed
+            size = min(len(vectors), max(_TRAIN_POINTS_PER_CELL * plan.nlist, 256 * 40))
+            sample = np.sort(np.random.default_rng(seed).choice(len(vectors), size, replace=False))
+            index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+        for start in range(0, len(vectors), 16 * _BLOCK):  # blocks: a memory map stays on disk
+            index.add(np.ascontiguousarray(vectors[start : start + 16 * _BLOCK], dtype=np.float32))
+        return index
+
+    def _set(self, name: str, value: int) -> None:
+        if name == "nprobe":
+            self.faiss.extract_index_ivf(self.index).nprobe = value
+        else:
+            self.index.hnsw.efSearch = value
+        self.param = {name: value}
+
+    def _tune(self, target: float, k: int, n_queries: int, seed: int) -> None:
+        """Smallest nprobe / efSearch whose recall@k reaches ``target`` (monotone enough in
+        practice for doubling then bisection); the largest tried if none does."""
+        rng = np.random.default_rng(seed + 1)
+        rows = np.sort(rng.choice(len(self.vectors), min(n_queries, len(self.vectors)), replace=False))
+        queries = np.ascontiguousarray(self.vectors[rows], dtype=np.float32)
+        truth = _without_self(self._exact(queries, k + 1), rows, k)
+        name = "efSearch" if self.plan.kind == "hnsw" else "nprobe"
+        limit = self.plan.nlist if name == "nprobe" else _MAX_PARAM[name]
+
+        def recall(value: int) -> float:
+            self._set(name, value)
+            return recall_at_k(_without_self(self.search(queries, k + 1)[1], rows, k), truth)
+
+        # HNSW searches with efSearch >= k anyway: start there
+        low, value = (0, 1) if name == "nprobe" else (k, 2 * k)
+        measured = {value: recall(value)}
+        while measured[value] < target and value < limit:
+            low, value = value, min(2 * value, limit)
+            measured[value] = recall(value)
+        high = value
+        while measured[high] >= target and high - low > 1:
+            mid = (low + high) // 2
+            measured[mid] = recall(mid)
+            low, high = (mid, high) if measured[mid] < target else (low, mid)
+        self._set(name, high)
+        self.recall = measured[high]
+        if self.recall < target:
+            log.warning(
+                "search=auto: recall@%d %.3f < target %.2f even at %s=%d; raise search.memory_budget",
+                k, self.recall, target, name, high,
+            )  # fmt: skip
+
+    def _exact(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Exact top-k over all vectors, block by block (a memory map is read once)."""
+        best_s = np.full((len(queries), 0), -np.inf, np.float32)
+        best_i = np.zeros((len(queries), 0), np.int64)
+        for start in range(0, len(self.vectors), 16 * _BLOCK):
+            block = np.ascontiguousarray(self.vectors[start : start + 16 * _BLOCK], dtype=np.float32)
+            s, i = self.faiss.knn(queries, block, min(k, len(block)), metric=self.faiss.METRIC_INNER_PRODUCT)
+            s, i = np.hstack([best_s, s]), np.hstack([best_i, i + start])
+            keep = top_k(s, min(k, s.shape[1]))[1]
+            best_s, best_i = np.take_along_axis(s, keep, 1), np.take_along_axis(i, keep, 1)
+        return best_i
+
+    # ------------------------------------------------------------------ on disk
+    def _path(self, index_path: str | None, source: IndexSource | None, vectors: np.ndarray) -> Path | None:
+        if index_path is None and (source is None or source.directory is None):
+            return None  # vectors of no database and no index_path: kept in memory only
+        self.settings["fingerprint"] = fingerprint(vectors)
+        if index_path is not None:
+            return Path(index_path).expanduser()
+        # one file per vectors x settings: another budget or target does not overwrite it
+        key = hashlib.blake2b(json.dumps(self.settings, sort_keys=True).encode(), digest_size=8).hexdigest()
+        return Path(source.directory) / "index" / f"auto-{key}.faiss"
+
+    def _load(self, path: Path) -> bool:
+        sidecar = path.with_suffix(".json")
+        if not (path.is_file() and sidecar.is_file()):
+            return False
+        try:
+            stored = json.loads(sidecar.read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        if stored.get("settings") != json.loads(json.dumps(self.settings)):
+            log.info("search=auto: %s was built for other vectors or settings; rebuilding", path.name)
+            return False
+        # IVF: the inverted lists are mapped (OnDiskInvertedLists); HNSW: its flat storage
+        # (IndexFlatCodes). One flag or the other: MMAP_IFC maps the whole file, and faiss
+        # then refuses to map the lists again from a mapped reader
+        mmap = self.faiss.IO_FLAG_MMAP_IFC if self.plan.kind == "hnsw" else self.faiss.IO_FLAG_MMAP
+        flags = mmap | self.faiss.IO_FLAG_READ_ONLY
+        self.index = self.faiss.read_index(str(path), flags)
+        self._set(*next(iter(stored["param"].items())))
+        self.recall, self.build_s = stored["recall"], 0.0
+        log.info("search=auto: %s memory-mapped from %s (%s)", self.plan.describe(), path, self.param)
+        return True
+
+    def _store(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as staged:
+            self.faiss.write_index(self.index, str(staged))
+        record = {"settings": self.settings, "param": self.param, "recall": self.recall}
+        write_atomic(path.with_suffix(".json"), json.dumps(record, indent=1))  # last: marks it complete
+        self.stored_path = path
+
+    @property
+    def bytes_per_vector(self) -> float:
+        """In-memory size of the index (its serialised size) per vector."""
+        if self.index is None:
+            return float(self.vectors.itemsize * self.vectors.shape[1])
+        return len(self.faiss.serialize_index(self.index)) / len(self.vectors)
+
+    # ------------------------------------------------------------------ search
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.index is None:
+            return self.faiss.knn(queries, self.vectors, k, metric=self.faiss.METRIC_INNER_PRODUCT)
+        if self.plan.kind == "hnsw":
+            self.index.hnsw.efSearch = max(self.param["efSearch"], k)
+        if not self.plan.refine:
+            return self.index.search(queries, k)
+        _, candidates = self.index.search(queries, min(k * self.plan.refine, len(self.vectors)))
+        return self._rerank(queries, candidates, k)
+
+    def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.where(candidates < 0, 0, candidates)
+        order = np.argsort(rows, axis=None)  # ascending reads from a memory map
+        gathered = np.empty((rows.size, self.vectors.shape[1]), np.float32)
+        gathered[order] = self.vectors[rows.ravel()[order]]
+        scores = np.einsum("qrd,qd->qr", gathered.reshape(*rows.shape, -1), queries)
+        scores[candidates < 0] = -np.inf
+        best_s, best = top_k(scores, k)
+        return best_s, np.take_along_axis(candidates, best, axis=1)
+
+
+def _without_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Each row's neighbours other than the query's own row, first ``k``."""
+    out = np.full((len(found), k), -1, np.int64)
+    for r, (neighbours, own) in enumerate(zip(found, rows)):
+        kept = neighbours[neighbours != own][:k]
+        out[r, : len(kept)] = kept
+    return out
