@@ -3,7 +3,7 @@ leave-one-out for class-labelled galleries (chosen by the type of the ground tru
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,20 +55,26 @@ def evaluate_embeddings(
     gt: RetrievalGroundTruth | ClassGroundTruth,
     ks: Sequence[int] = (1, 5, 10),
     reranker: Reranker | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> EvaluationResult:
     """The protocol of ``gt``; for a :class:`ClassGroundTruth` ``queries`` is the gallery
     (``database``, the same images, is not used). ``reranker`` re-orders each query's first
-    ``reranker.depth`` images after the cosine ranking (landmark sets only)."""
+    ``reranker.depth`` images after the cosine ranking (landmark sets only). ``progress`` is
+    told the database images scored, block by block, when the ranking is blocked."""
     if isinstance(gt, ClassGroundTruth):
         return evaluate_leave_one_out(queries, gt.labels, ks)
-    ranked, rankings = rank_queries(queries, database, gt, reranker)
+    ranked, rankings = rank_queries(queries, database, gt, reranker, progress)
     protocol = revisited_metrics if gt.protocol == "revisited" else classic_metrics
     result = protocol(ranked, gt.queries, ks)
     return EvaluationResult(gt.protocol, result.metrics, result.per_query_ap, rankings, queries, database)
 
 
 def rank_queries(
-    queries: np.ndarray, database: np.ndarray, gt: RetrievalGroundTruth, reranker: Reranker | None = None
+    queries: np.ndarray,
+    database: np.ndarray,
+    gt: RetrievalGroundTruth,
+    reranker: Reranker | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray | TopRanking, np.ndarray]:
     """(what the metrics read, the rankings to report): the full [nq, n] ranking of a small
     database; for a large one a :class:`TopRanking` (bounded memory, exact metrics) and its
@@ -80,7 +86,7 @@ def rank_queries(
             rankings[:, :depth] = reranker(queries, database, rankings[:, :depth])
         return rankings, rankings
     labelled = [q.labelled for q in gt.queries]
-    top = rank_top_and_labelled(queries, database, max(depth, BLOCKED_DEPTH), labelled)
+    top = rank_top_and_labelled(queries, database, max(depth, BLOCKED_DEPTH), labelled, progress=progress)
     if reranker is not None:
         top = top.with_head(reranker(queries, database, top.ids[:, :depth]))
     return top, top.ids

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -23,9 +25,11 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from rich.progress import Progress
 
 from retrieval.datamodules.image_datasets import ImageListDataset
 from retrieval.datamodules.transforms import eval_transform
+from retrieval.evaluation import protocols
 from retrieval.evaluation.learned_whitening import fit_learned_whitening
 from retrieval.evaluation.protocols import EvaluationResult, evaluate_embeddings
 from retrieval.evaluation.query_expansion import alpha_query_expansion, database_side_augmentation
@@ -163,7 +167,23 @@ def evaluate_variant(variant: Variant, datamodule, embed: Embeddings) -> tuple[E
     database = database_side_augmentation(database, cfg.dba.n, cfg.dba.alpha)  # n=0: unchanged
     queries = alpha_query_expansion(queries, database, cfg.qe.n, cfg.qe.alpha)
     reranker = instantiate(cfg.rerank) if cfg.get("rerank") else None
-    return evaluate_embeddings(queries, database, datamodule.eval_gt, cfg.ks, reranker), fitted
+    with ranking_progress(f"{variant.name}: ranking", len(queries), len(database)) as progress:
+        result = evaluate_embeddings(queries, database, datamodule.eval_gt, cfg.ks, reranker, progress)
+    return result, fitted
+
+
+@contextmanager
+def ranking_progress(
+    description: str, n_queries: int, n_database: int
+) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar over the database's blocks when the ranking is blocked (a 1M set:
+    two passes of tens of seconds); nothing for a database ranked in one piece."""
+    if n_queries * n_database <= protocols.FULL_RANKING_LIMIT:
+        yield None
+        return
+    with Progress() as bar:
+        task = bar.add_task(description, total=2 * n_database)  # two passes over the database
+        yield lambda done: bar.advance(task, done)
 
 
 def _entry(

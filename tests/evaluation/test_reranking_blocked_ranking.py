@@ -8,10 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.data.ground_truth import Query
+from retrieval.data.ground_truth import Query, RetrievalGroundTruth
+from retrieval.evaluation import protocols
 from retrieval.evaluation.blocked_ranking import rank_top_and_labelled
 from retrieval.evaluation.landmark_metrics import classic_metrics, revisited_metrics
+from retrieval.evaluation.protocols import evaluate_embeddings
 from retrieval.evaluation.ranking import positive_ranks, rank_by_similarity
+from retrieval.evaluation.reranking.diffusion import Diffusion
+from retrieval.evaluation.reranking.k_reciprocal import KReciprocal
+from retrieval.evaluation.reranking.superglobal import SuperGlobal
 from retrieval.evaluation.vectors import cosine_similarity
 
 
@@ -65,3 +70,31 @@ def test_unlabelled_index_is_refused():
     top = rank_top_and_labelled(q, db, 5, labelled_of(queries))
     with pytest.raises(ValueError, match="not labelled"):
         top.positive_ranks([np.array([x]) for x in range(len(q))])
+
+
+@pytest.mark.parametrize(
+    "reranker",
+    [
+        None,
+        SuperGlobal(M=30, K=4),
+        Diffusion(k=10, kq=5, truncation=40),
+        KReciprocal(k1=8, k2=3, shortlist=40),
+    ],
+    ids=["plain", "superglobal", "diffusion", "k_reciprocal"],
+)
+def test_blocked_evaluation_equals_the_full_one_with_each_reranker(reranker, monkeypatch):
+    """evaluate_embeddings on a 'large' database (the limit lowered to force blocks) gives the
+    full ranking's metrics and per-query APs exactly, re-ranked or not."""
+    q, db, queries = problem(seed=7, n_db=400, dim=12)
+    names = [str(i) for i in range(len(db))]
+    gt = RetrievalGroundTruth("t", names, [Path(f"{n}.jpg") for n in names], queries, "revisited")
+    full = evaluate_embeddings(q, db, gt, reranker=reranker)
+    monkeypatch.setattr(protocols, "FULL_RANKING_LIMIT", 0)
+    seen: list[int] = []
+    blocked = evaluate_embeddings(q, db, gt, reranker=reranker, progress=seen.append)
+    assert blocked.metrics == full.metrics
+    for setup, aps in full.per_query_ap.items():
+        np.testing.assert_array_equal(blocked.per_query_ap[setup], aps)
+    width = blocked.rankings.shape[1]
+    np.testing.assert_array_equal(blocked.rankings, full.rankings[:, :width])
+    assert sum(seen) == 2 * len(db)  # both passes reported

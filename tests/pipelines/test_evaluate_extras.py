@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from retrieval.data.ground_truth import Query, RetrievalGroundTruth
+from retrieval.evaluation import protocols
 from retrieval.evaluation.landmark_metrics import classic_metrics
 from retrieval.evaluation.learned_whitening import fit_learned_whitening
 from retrieval.evaluation.protocols import evaluate_embeddings
@@ -316,8 +317,12 @@ def test_impossible_settings_are_user_errors_before_any_work(overrides, message)
 
 
 # ------------------------------------------------------------------- re-ranking
-def test_reranking_variants_beside_qe_and_dba_in_one_evaluation(small_vgg_root, tmp_path):
-    """compare=[...] with the re-rankers: one embedding, one row each, recorded in the JSON."""
+def test_reranking_variants_beside_qe_and_dba_in_one_evaluation(small_vgg_root, tmp_path, monkeypatch):
+    """compare=[...] with the re-rankers: one embedding, one row each, recorded in the JSON.
+    The database is ranked as a large one would be (blocked, with its progress bar), which
+    tests/evaluation/test_reranking_blocked_ranking.py shows equal to the full ranking."""
+    monkeypatch.setattr(protocols, "FULL_RANKING_LIMIT", 0)
+    monkeypatch.setattr(protocols, "BLOCKED_DEPTH", 3)
     overrides = [
         *SMALL_EVAL,
         f"paths.data_dir={small_vgg_root.parent}",
