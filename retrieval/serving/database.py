@@ -20,7 +20,6 @@ artifact under the final name):
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import zipfile
@@ -34,23 +33,15 @@ from retrieval.datamodules.transforms import eval_transform
 from retrieval.evaluation.whitening import Whitening
 from retrieval.models.checkpoints import file_sha256, load_weights
 from retrieval.models.input_normalization import InputNormalization
+from retrieval.serving.database_errors import BUILD_HINT, CheckpointMismatchError, DatabaseError
+from retrieval.serving.integrity import EMBEDDINGS, META, check_manifest, check_vectors, rows_sha256
 from retrieval.utils.atomic import atomic_directory
-from retrieval.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
 # 2: meta.json records the backbone's pixel normalisation
 FORMAT_VERSION = 2
-EMBEDDINGS, META, WHITENING = "embeddings.npy", "meta.json", "whitening.npz"
-BUILD_HINT = "retrieval-database build ckpt_path=CKPT dataset=NAME db_dir=DIR"
-
-
-class DatabaseError(UserFacingError):
-    """A database directory is missing, incomplete, of another format version, or stale."""
-
-
-class CheckpointMismatchError(DatabaseError):
-    """The checkpoint offered for queries is not the one the database was built with."""
+WHITENING = "whitening.npz"
 
 
 @dataclass
@@ -130,10 +121,6 @@ class DatabaseArtifact:
         return target
 
 
-def rows_sha256(embeddings: np.ndarray, first: int, count: int) -> str:
-    return hashlib.sha256(np.ascontiguousarray(embeddings[first : first + count]).tobytes()).hexdigest()
-
-
 def check_target(target: Path, overwrite: bool) -> None:
     if not target.exists():
         return
@@ -176,62 +163,8 @@ def load_database(directory: str | Path) -> DatabaseArtifact:
         ) from None
 
 
-def _check_manifest(meta: dict, directory: Path) -> None:
-    """Each file's sha256 against the one recorded at build time (databases built before the
-    manifest have none: nothing to compare)."""
-    for name, recorded in (meta.get("files") or {}).items():
-        path = directory / name
-        if not path.is_file():
-            raise DatabaseError(f"database {directory} is incomplete: {name} is missing; rebuild it")
-        if file_sha256(path) != recorded:
-            raise DatabaseError(
-                f"database {directory}: {name} is not the file it was built with (sha256 differs "
-                f"from {META}: modified, re-ordered or damaged{_damaged_rows(meta, path)}); "
-                f"rebuild it with {BUILD_HINT}"
-            )
-
-
-def _damaged_rows(meta: dict, path: Path) -> str:
-    """Which recorded shards of ``embeddings.npy`` changed (only looked for once the file's
-    sha256 differs: a clean load hashes the file once)."""
-    if path.name != EMBEDDINGS or not meta.get("shards"):
-        return ""
-    try:
-        rows = np.load(path, mmap_mode="r", allow_pickle=False)
-        bad = [s for s in meta["shards"] if rows_sha256(rows, s["first"], s["count"]) != s.get("sha256")]
-    except (ValueError, OSError, KeyError, TypeError):
-        return ""
-    if not bad:
-        return ""
-    spans = ", ".join(f"rows {s['first']}-{s['first'] + s['count'] - 1}" for s in bad[:5])
-    return f"; changed: {spans}"
-
-
-# stored vectors are unit rows; float16 storage moves a norm by ~1e-3
-_NORM_TOLERANCE = 1e-2
-
-
-def _check_vectors(embeddings: np.ndarray, directory: Path) -> None:
-    """Finite unit rows, or an error naming the first bad row: NaN scores would otherwise
-    come back from every query."""
-    rows = np.asarray(embeddings, dtype=np.float32)
-    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
-    if bad.size:
-        raise DatabaseError(
-            f"database {directory}: {bad.size} row(s) of {EMBEDDINGS} are not finite (first: row "
-            f"{bad[0]}); rebuild it with {BUILD_HINT}"
-        )
-    norms = np.linalg.norm(rows, axis=1)
-    off = np.flatnonzero(np.abs(norms - 1.0) > _NORM_TOLERANCE)
-    if off.size:
-        raise DatabaseError(
-            f"database {directory}: {off.size} row(s) of {EMBEDDINGS} are not unit vectors (row "
-            f"{off[0]} has norm {norms[off[0]]:.4f}); rebuild it with {BUILD_HINT}"
-        )
-
-
 def _artifact_from(meta: dict, directory: Path) -> DatabaseArtifact:
-    _check_manifest(meta, directory)
+    check_manifest(meta, directory)
     embeddings = _load_array(directory / EMBEDDINGS)
     paths, names, dim = meta["images"]["paths"], meta["images"]["names"], meta["embedding"]["dim"]
     if embeddings.ndim != 2 or embeddings.shape != (len(paths), dim) or len(names) != len(paths):
@@ -239,7 +172,7 @@ def _artifact_from(meta: dict, directory: Path) -> DatabaseArtifact:
             f"database {directory}: {EMBEDDINGS} has shape {embeddings.shape} but {META} lists "
             f"{len(paths)} images of dimension {dim}; rebuild it"
         )
-    _check_vectors(embeddings, directory)
+    check_vectors(embeddings, directory)
     whitening = None
     if meta["whitening"] is not None:
         try:
