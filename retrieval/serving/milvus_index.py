@@ -1,7 +1,7 @@
 """``search=milvus``: the vectors in a Milvus collection, queried through ``pymilvus``.
 
-``uri`` null is milvus-lite, embedded: a local file (``<database>/milvus.db``), no server,
-for tests and single machines; ``uri=http://HOST:19530`` (with ``token`` if the server wants
+``uri`` null is milvus-lite, embedded: a local file (``<database>/milvus.db``; a temporary
+one for vectors of no database), no server, for tests and single machines; ``uri=http://HOST:19530`` (with ``token`` if the server wants
 one) is a Milvus server or cluster, the same client calls. The collection holds one row per
 database image: ``id`` (the row of ``embeddings.npy``, so results map back to the database
 unchanged), ``vector``, ``name`` and ``dataset``; :meth:`MilvusSearch.search` takes a Milvus
@@ -20,7 +20,10 @@ import hashlib
 import json
 import logging
 import re
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,11 +87,14 @@ class MilvusSearch:
         search_params: dict | None = None,
     ) -> None:
         source = source or IndexSource()
-        if uri is None:
-            if source.directory is None:
-                raise UserFacingError(
-                    "search=milvus without a database folder needs search.uri=FILE.db or a server URL"
-                )
+        self._scratch: Path | None = None
+        if uri is None and source.directory is None:
+            # vectors of no database (a test, an evaluation): a milvus-lite file of its own,
+            # deleted with this index, as faiss indexes live in memory only
+            self._scratch = Path(tempfile.mkdtemp(prefix="retrieval-milvus-"))
+            weakref.finalize(self, shutil.rmtree, self._scratch, True)
+            uri = str(self._scratch / "milvus.db")
+        elif uri is None:
             uri = str(Path(source.directory) / "milvus.db")
         self.uri, self.index_type = uri, index_type.upper()
         if not uri.startswith(("http://", "https://", "tcp://")) and self.index_type not in LITE_INDEXES:

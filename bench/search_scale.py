@@ -1,0 +1,142 @@
+"""Benchmark: search backends on large simulated databases (issue 16), exact search as the baseline.
+
+For each ``--n`` (default 1M and 10M) x 256-d clustered unit vectors (``bench/search.py``'s
+mixture, written block by block into a memory-mapped ``.npy`` under ``--work``, so 10M x
+256 float32 = 10 GB sits on disk and in the page cache, not in the process): exact search
+(ground truth, and its single-query latency: the baseline of the ratios), then each backend
+that fits the time box: ``auto`` at a 64 bytes/vector budget (IVF-PQ + exact re-ranking
+from the memory map), ``auto`` at 4GB, IVF-Flat (up to ``--flat-max``), HNSW (up to
+``--hnsw-max``), milvus-lite HNSW (up to ``--milvus-max``: inserts go through gRPC). For each:
+build time, bytes per vector in memory (the serialised index; the re-ranking vectors are
+the database's memory map), recall@10 on fresh queries, ms per query single and batched.
+Target at 10M: recall@10 >= 0.95 at <= 2 ms/query and <= 64 bytes/vector.
+
+    python bench/search_scale.py [--n 1000000 10000000] [--queries 200] [--budget-min 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+import numpy as np
+from search import Mixture, batched_ms, per_query_ms
+
+from retrieval.serving.auto_index import recall_at_k
+from retrieval.serving.search import IndexSource, SearchIndex
+
+K = 10
+TARGET = (0.95, 2.0, 64.0)  # recall@10, ms/query, bytes/vector
+
+
+def load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}, cores {len(os.sched_getaffinity(0))}"
+
+
+def simulate(n: int, d: int, path: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    mixture = Mixture(d, rng)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    for start in range(0, n, 1 << 20):
+        out[start : start + (1 << 20)] = mixture.sample(min(1 << 20, n - start))
+    out.flush()
+    return np.load(path, mmap_mode="r"), mixture.sample(1000)
+
+
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    best_s, best_i = np.full((len(queries), 0), -np.inf, np.float32), np.zeros((len(queries), 0), np.int64)
+    for start in range(0, len(vectors), 1 << 20):
+        s, i = faiss.knn(queries, np.ascontiguousarray(vectors[start : start + (1 << 20)]), K)
+        s, i = np.hstack([best_s, s]), np.hstack([best_i, i + start])
+        keep = np.argsort(-s, axis=1)[:, :K]
+        best_s, best_i = np.take_along_axis(s, keep, 1), np.take_along_axis(i, keep, 1)
+    return best_i
+
+
+def row(name: str, build_s: float, bpv: float, search: Callable, queries, truth, exact_ms) -> None:
+    recall = recall_at_k(search(queries)[1], truth)
+    single = per_query_ms({name: search}, queries[:50], rounds=1)[name]
+    batch = batched_ms({name: search}, queries, repeats=3, rounds=1)[name]
+    ok = recall >= TARGET[0] and single <= TARGET[1] and bpv <= TARGET[2]
+    print(
+        f"  {name:34s} | build {build_s:7.1f} s | {bpv:7.1f} B/vector | recall@10 {recall:.3f} | "
+        f"{single:8.3f} ms single (x{exact_ms / single:7.1f} vs exact), {batch:7.3f} batched | "
+        f"{'MEETS' if ok else '-'} target | {load()}",
+        flush=True,
+    )
+
+
+def bench(n: int, args, work: Path, rng: np.random.Generator) -> None:
+    start = time.perf_counter()
+    vectors, queries = simulate(n, args.d, work / f"vectors-{n}.npy", rng)
+    queries = queries[: args.queries]
+    print(
+        f"\n== {n:,} x {args.d}-d clustered: generated in {time.perf_counter() - start:.0f} s ({load()}) =="
+    )
+    start = time.perf_counter()
+    truth = exact_top_k(vectors, queries)
+    exact = SearchIndex(vectors)  # a float32 memory map: no copy
+    exact_ms = per_query_ms({"e": lambda q: exact.search(q, K)}, queries[:3], rounds=1)["e"]
+    print(
+        f"  exact (baseline)                   | ground truth {1e3 * (time.perf_counter() - start) / len(queries):.1f} "
+        f"ms/query batched | {4 * args.d} B/vector | {exact_ms:.1f} ms single | {load()}",
+        flush=True,
+    )
+    deadline = time.monotonic() + 60 * args.minutes
+    runs: list[tuple[str, bool, dict]] = [
+        ("auto 64 B/vector (IVF-PQ + refine)", True, {"backend": "auto", "memory_budget": 64 * n}),
+        ("auto 4GB", True, {"backend": "auto", "memory_budget": "4GB"}),
+        ("ivfflat nprobe=16", n <= args.flat_max, {"backend": "ivfflat", "nprobe": 16}),
+        ("hnsw M=32 ef=64", n <= args.hnsw_max, {"backend": "hnsw"}),
+        ("milvus-lite HNSW ef=64", n <= args.milvus_max, {"backend": "milvus", "uri": str(work / "m.db")}),
+    ]
+    for name, wanted, params in runs:
+        if not wanted or time.monotonic() > deadline:
+            print(f"  {name:34s} | skipped ({'size limit' if not wanted else 'time box'})")
+            continue
+        start = time.perf_counter()
+        index = SearchIndex(vectors, source=IndexSource(dataset="bench"), **params)
+        build_s = time.perf_counter() - start
+        impl = index._impl
+        if hasattr(impl, "bytes_per_vector"):
+            bpv = impl.bytes_per_vector
+            label = f"{name} [{impl.plan.factory or 'exact'} {impl.param}]"
+        elif hasattr(impl, "index"):
+            bpv, label = len(faiss.serialize_index(impl.index)) / n, name
+        else:
+            bpv, label = float("nan"), name + " (server-side memory)"
+        row(label, build_s, bpv, lambda q, index=index: index.search(q, K), queries, truth, exact_ms)
+        del index, impl
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--d", type=int, default=256)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--flat-max", type=int, default=2_000_000)
+    parser.add_argument("--hnsw-max", type=int, default=200_000)
+    parser.add_argument("--milvus-max", type=int, default=100_000)
+    parser.add_argument("--minutes", type=float, default=10.0, help="time box per size, after generation")
+    parser.add_argument(
+        "--work", default=None, help="folder for the memory-mapped vectors (default: a temp dir)"
+    )
+    args = parser.parse_args()
+    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads, {load()}")
+    work = Path(args.work or tempfile.mkdtemp(prefix="search_scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        for n in args.n:
+            bench(n, args, work, np.random.default_rng(0))
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
