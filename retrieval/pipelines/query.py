@@ -18,6 +18,7 @@ from rich.table import Table
 from retrieval.pipelines.cli import hydra_command
 from retrieval.serving.database import load_database
 from retrieval.serving.searcher import DatabaseSearcher, Match
+from retrieval.serving.self_check import self_check
 from retrieval.utils.errors import UserFacingError
 from retrieval.utils.validation import whole_number
 
@@ -43,6 +44,8 @@ def run_query(cfg: DictConfig) -> list[Match]:
         raise UserFacingError(f"bbox={bbox!r} is not a box; write bbox=[x1,y1,x2,y2] (pixels)")
     artifact = load_database(cfg.db)
     searcher = DatabaseSearcher(artifact, hydra.utils.instantiate(cfg.search), cfg.ckpt_path, cfg.device)
+    if cfg.get("check", False):  # re-embed a sample of the database first (as the app does)
+        self_check(searcher)
     matches = searcher.query(cfg.image, k, list(bbox) if bbox is not None else None)
     if cfg.json:
         print(json.dumps([asdict(m) for m in matches], indent=1))

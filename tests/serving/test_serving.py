@@ -338,7 +338,7 @@ def test_default_whitening_is_kept_only_where_it_does_not_lower_the_map(data, tm
 
 
 def test_self_check_samples_a_bounded_seeded_spread_of_rows():
-    from retrieval.serving.app.service import self_check_rows
+    from retrieval.serving.self_check import self_check_rows
 
     rows = self_check_rows(1_000_000)
     assert (
@@ -351,7 +351,7 @@ def test_self_check_samples_a_bounded_seeded_spread_of_rows():
 def test_self_check_catches_rows_swapped_past_the_first(small_database, tmp_path):
     """Rows 1.. reversed, row 0 intact and no manifest to compare: only re-embedding a
     sample of rows sees it (the check of row 0 alone passed such a database)."""
-    from retrieval.serving.app.service import self_check
+    from retrieval.serving.self_check import self_check
 
     db = Path(shutil.copytree(small_database, tmp_path / "db"))
     stored = np.load(db / "embeddings.npy")
@@ -359,6 +359,12 @@ def test_self_check_catches_rows_swapped_past_the_first(small_database, tmp_path
     _unlisted(db, np.concatenate([stored[:1], stored[1:][::-1]]))
     with pytest.raises(DatabaseError, match=r"does not match its model: re-embedding .* \(row \d+\)"):
         self_check(DatabaseSearcher(load_database(db)))
+    image = load_database(db).image_paths[0]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("query.yaml", overrides=[f"image={image}", f"db={db}", "k=2", "check=true"])
+    with pytest.raises(DatabaseError, match=r"\(row \d+\)"):
+        run_query(cfg)
 
 
 def test_manifest_names_the_shard_whose_rows_changed(tmp_path):
