@@ -113,13 +113,15 @@ class AutoIndex:
     def _set(self, name: str, value: int) -> None:
         if name == "nprobe":
             self.faiss.extract_index_ivf(self.index).nprobe = value
-        else:
+        elif name == "efSearch":
             self.index.hnsw.efSearch = value
-        self.param = {name: value}
+        self.param[name] = value  # refine: read by search()
 
     def _tune(self, target: float, k: int, n_queries: int, seed: int) -> None:
         """Smallest nprobe / efSearch whose recall@k reaches ``target`` (monotone enough in
-        practice for doubling then bisection); the largest tried if none does."""
+        practice for doubling then bisection); the largest tried if none does. IVF-PQ whose
+        codes cap the recall below the target even with every cell visited re-ranks more
+        candidates (``refine`` x 2, 5, 10, 20) before giving up."""
         rng = np.random.default_rng(seed + 1)
         rows = np.sort(rng.choice(len(self.vectors), min(n_queries, len(self.vectors)), replace=False))
         queries = np.ascontiguousarray(self.vectors[rows], dtype=np.float32)
@@ -131,12 +133,17 @@ class AutoIndex:
             self._set(name, value)
             return recall_at_k(_without_self(self.search(queries, k + 1)[1], rows, k), truth)
 
-        # HNSW searches with efSearch >= k anyway: start there
-        low, value = (0, 1) if name == "nprobe" else (k, 2 * k)
-        measured = {value: recall(value)}
-        while measured[value] < target and value < limit:
-            low, value = value, min(2 * value, limit)
-            measured[value] = recall(value)
+        for factor in (1, 2, 5, 10, 20) if self.plan.refine else (1,):
+            if self.plan.refine:
+                self._set("refine", factor * self.plan.refine)
+            # HNSW searches with efSearch >= k anyway: start there
+            low, value = (0, 1) if name == "nprobe" else (k, 2 * k)
+            measured = {value: recall(value)}
+            while measured[value] < target and value < limit:
+                low, value = value, min(2 * value, limit)
+                measured[value] = recall(value)
+            if measured[value] >= target:
+                break
         high = value
         while measured[high] >= target and high - low > 1:
             mid = (low + high) // 2
@@ -146,8 +153,8 @@ class AutoIndex:
         self.recall = measured[high]
         if self.recall < target:
             log.warning(
-                "search=auto: recall@%d %.3f < target %.2f even at %s=%d; raise search.memory_budget",
-                k, self.recall, target, name, high,
+                "search=auto: recall@%d %.3f < target %.2f even at %s; raise search.memory_budget",
+                k, self.recall, target, self.param,
             )  # fmt: skip
 
     def _exact(self, queries: np.ndarray, k: int) -> np.ndarray:
@@ -190,7 +197,8 @@ class AutoIndex:
         mmap = self.faiss.IO_FLAG_MMAP_IFC if self.plan.kind == "hnsw" else self.faiss.IO_FLAG_MMAP
         flags = mmap | self.faiss.IO_FLAG_READ_ONLY
         self.index = self.faiss.read_index(str(path), flags)
-        self._set(*next(iter(stored["param"].items())))
+        for name, value in stored["param"].items():
+            self._set(name, value)
         self.recall, self.build_s = stored["recall"], 0.0
         log.info("search=auto: %s memory-mapped from %s (%s)", self.plan.describe(), path, self.param)
         return True
@@ -218,7 +226,7 @@ class AutoIndex:
             self.index.hnsw.efSearch = max(self.param["efSearch"], k)
         if not self.plan.refine:
             return self.index.search(queries, k)
-        _, candidates = self.index.search(queries, min(k * self.plan.refine, len(self.vectors)))
+        _, candidates = self.index.search(queries, min(k * self.param["refine"], len(self.vectors)))
         return self._rerank(queries, candidates, k)
 
     def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
