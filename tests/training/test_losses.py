@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from pytorch_metric_learning.losses import (
     ArcFaceLoss,
-    ContrastiveLoss,
     MultiSimilarityLoss,
     SubCenterArcFaceLoss,
 )
@@ -55,17 +54,18 @@ def test_every_loss_composes_for_both_kinds_of_set(loss, dataset):
 
 
 def test_landmark_tuples_give_cirtorch_pairs():
-    """(q, p, n) rows: the pairs (q, p) pulled to 0, (q, n) pushed beyond the margin; pml
-    averages each hinge over its non-zero terms and adds the two."""
+    """(q, p, n) rows: the pairs (q, p) pulled to 0, (q, n) pushed beyond the margin; with
+    the configured mean reduction, each hinge is averaged over all its pairs, then added."""
     q, p, n = _unit(4, seed=1), _unit(4, seed=2), _unit(4, seed=3)
     embeddings = torch.cat([q, p, n])
     rows = torch.arange(4)
     margin = 1.3
-    loss = PairLoss(ContrastiveLoss(pos_margin=0.0, neg_margin=margin))
+    cfg = compose_cfg("train.yaml", ["loss=contrastive", f"model.loss.criterion.neg_margin={margin}"])
+    loss = instantiate(cfg.model.loss)
     got = compute_loss(loss, embeddings, None, (rows, rows + 4, rows + 8))
     positive = (q - p).norm(dim=1)
     negative = (margin - (q - n).norm(dim=1)).clamp(min=0)
-    expected = positive[positive > 0].mean() + negative[negative > 0].mean()
+    expected = positive.mean() + negative.mean()
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     assert negative.gt(0).any() and negative.eq(0).any()  # both sides of the hinge exercised
     # the reference triplet loss on the same rows: the rows as (anchor, positive, negative)
