@@ -34,10 +34,11 @@ from retrieval.evaluation.learned_whitening import fit_learned_whitening
 from retrieval.evaluation.protocols import EvaluationResult, evaluate_embeddings
 from retrieval.evaluation.query_expansion import alpha_query_expansion, database_side_augmentation
 from retrieval.evaluation.whitening import Whitening, fit_whitening
-from retrieval.models.checkpoints import file_sha256, load_weights
+from retrieval.models.checkpoints import load_weights
 from retrieval.models.inference import embed_dataset
 from retrieval.pipelines.build import build_datamodule, build_model
 from retrieval.pipelines.cli import hydra_command
+from retrieval.pipelines.distractor_cache import distractor_vectors, sha256_of
 from retrieval.pipelines.report import print_comparison
 from retrieval.pipelines.train import LEAK_WARNING
 from retrieval.pipelines.variants import Variant, compose_variants, describe, plain
@@ -94,6 +95,20 @@ class Embeddings:
                 description=description,
                 bf16=cfg.embed.bf16,
             )
+        return self._vectors[key]
+
+    def database(self, cfg: DictConfig, datamodule, description: str) -> np.ndarray:
+        """The evaluated database's descriptors; with distractors (ROxf+R1M) the benchmark's
+        own images, then the distractors from their per-network cache (distractors.*)."""
+        gt = datamodule.eval_gt
+        if gt.distractors is None:
+            return self(cfg, datamodule.database_dataset(), description)
+        transform = eval_transform(datamodule.image_size, datamodule.normalization)
+        key = (self.network_key(cfg), "distractors", gt.distractors.fingerprint)
+        if key not in self._vectors:
+            own = self(cfg, ImageListDataset(gt.image_paths[: gt.distractors.offset], transform), description)
+            rest = distractor_vectors(cfg, self.model(cfg), gt.distractors, transform, datamodule.image_size)
+            self._vectors[key] = np.concatenate([own, rest], dtype=np.float32)
         return self._vectors[key]
 
 
@@ -159,7 +174,7 @@ def check_supported(variant: Variant, datamodule) -> None:
 def evaluate_variant(variant: Variant, datamodule, embed: Embeddings) -> tuple[EvaluationResult, dict]:
     cfg = variant.cfg
     queries = embed(cfg, datamodule.query_dataset(), f"{variant.name}: queries")
-    database = embed(cfg, datamodule.database_dataset(), f"{variant.name}: database")
+    database = embed.database(cfg, datamodule, f"{variant.name}: database")
     whitening, fitted = fit_variant_whitening(cfg, datamodule, embed, database)
     if whitening is not None:
         queries, database = whitening.apply(queries), whitening.apply(database)
@@ -232,7 +247,7 @@ def evaluate(
         results[variant.name], whitening = evaluate_variant(variant, datamodule, embed)
         ckpt = variant.cfg.ckpt_path
         if ckpt and ckpt not in hashes:
-            hashes[ckpt] = file_sha256(Path(ckpt))
+            hashes[ckpt] = sha256_of(ckpt)  # hashed once: the distractor cache's key has it
         entries[variant.name] = _entry(variant, results[variant.name], whitening, names, hashes.get(ckpt))
 
     protocol = results[variants[0].name].protocol
