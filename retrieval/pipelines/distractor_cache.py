@@ -162,43 +162,43 @@ class DistractorCache:
         with atomic_file(self.chunk_path(chunk)) as staged:
             np.save(staged, vectors.astype(self.dtype))
 
-    def _check(self, array: np.ndarray, rows: int, path: Path) -> np.ndarray:
-        if array.ndim != 2 or len(array) != rows or array.dtype != np.dtype(self.dtype):
-            raise DistractorCacheError(
-                f"{path} holds a {array.dtype} array of shape {array.shape}, not {rows} {self.dtype} "
-                f"rows: delete the folder {self.folder} and evaluate again (it is re-embedded)"
-            )
-        return array
-
-    def _open(self, path: Path, rows: int) -> np.ndarray:
+    def _open(self, path: Path, rows: int, dim: int | None = None) -> np.ndarray:
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as error:
             raise DistractorCacheError(
                 f"{path} cannot be read ({error}): delete the folder {self.folder} and evaluate again"
             ) from error
-        return self._check(array, rows, path)
+        if array.ndim != 2 or len(array) != rows or array.shape[1] != (dim or array.shape[1]):
+            raise DistractorCacheError(
+                f"{path} holds an array of shape {array.shape}, not {rows} rows"
+                + (f" of {dim}" if dim else "")
+                + f": delete the folder {self.folder} and evaluate again (it is re-embedded)"
+            )
+        return array
+
+    def _merge(self, merged: Path) -> None:
+        """Concatenate the chunks into ``merged`` one at a time (never all open), then delete them."""
+        dim = self._open(self.chunk_path(0), len(self.rows(0))).shape[1]
+        with atomic_file(merged) as staged:
+            out = np.lib.format.open_memmap(staged, mode="w+", dtype=self.dtype, shape=(self.count, dim))
+            for c in range(self.n_chunks):
+                rows = self.rows(c)
+                out[rows.start : rows.stop] = self._open(self.chunk_path(c), len(rows), dim)
+            out.flush()
+            del out
+        for c in range(self.n_chunks):
+            self.chunk_path(c).unlink(missing_ok=True)
 
     def vectors(self) -> np.ndarray:
         """All rows, memory-mapped; the chunks are merged into one file first if need be."""
         merged = self.folder / MERGED
         if not merged.is_file():
             try:
-                chunks = [self._open(self.chunk_path(c), len(self.rows(c))) for c in range(self.n_chunks)]
+                self._merge(merged)
             except DistractorCacheError:
-                if merged.is_file():  # another evaluation merged them (and deleted them) meanwhile
-                    return self._open(merged, self.count)
-                raise
-            with atomic_file(merged) as staged:
-                out = np.lib.format.open_memmap(
-                    staged, mode="w+", dtype=self.dtype, shape=(self.count, chunks[0].shape[1])
-                )
-                for c, chunk in enumerate(chunks):
-                    out[self.rows(c).start : self.rows(c).stop] = chunk
-                out.flush()
-                del out
-            for c in range(self.n_chunks):
-                self.chunk_path(c).unlink(missing_ok=True)
+                if not merged.is_file():
+                    raise  # else another evaluation merged them (and deleted them) meanwhile
         return self._open(merged, self.count)
 
 

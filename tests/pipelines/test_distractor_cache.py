@@ -22,6 +22,7 @@ from retrieval.pipelines.build import build_datamodule, build_model, input_norma
 from retrieval.pipelines.distractor_cache import (
     MERGED,
     DistractorCache,
+    DistractorCacheError,
     cache_settings,
     distractor_vectors,
     embed_missing,
@@ -176,3 +177,17 @@ def test_a_killed_embedding_resumes_at_the_first_missing_chunk(data, tmp_path):
         cfg.distractors.cache_dir = None
     uncached = distractor_vectors(cfg, model, distractors, transform, 32)
     np.testing.assert_allclose(cache.vectors(), uncached, rtol=0, atol=1e-6)
+
+
+def test_a_chunk_that_does_not_fit_names_the_folder_to_delete(data, tmp_path):
+    distractors = read_distractors(data / "revisitop1m", offset=6)
+    cache = DistractorCache.create(tmp_path, {"network": "x"}, distractors, CHUNK, "float32")
+    for chunk in range(cache.n_chunks):
+        cache.write(chunk, np.ones((len(cache.rows(chunk)), 4 if chunk != 2 else 5)))  # chunk 2 is 5-d
+    with pytest.raises(
+        DistractorCacheError, match=rf"chunk-000002\.npy .* not 8 rows of 4: delete the folder {cache.folder}"
+    ):
+        cache.vectors()
+    assert not (cache.folder / MERGED).exists()  # nothing half-merged is left as the cache
+    cache.write(2, np.ones((CHUNK, 4)))
+    assert cache.vectors().shape == (N_DISTRACTORS, 4) and cache.missing() == []
