@@ -60,9 +60,25 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, weights_only=False)["state_dict"]
 
 
+# the uninterrupted reference run, shared by every test here (each run costs tens of seconds):
+# a checkpoint every 2 steps for the kill test, and "epoch" monitored in mode min, so epoch 0
+# stays the best and epoch 1 is "worse" (last.ckpt must still be epoch 1)
+EVERY_2 = "callbacks.step_checkpoint.every_n_train_steps=2"
+WORSE_LATER = ["callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min"]
+
+
+@pytest.fixture(scope="module")
+def full(tiny_landmarks, tmp_path_factory) -> Path:
+    return _train(tiny_landmarks, tmp_path_factory.mktemp("full"), EVERY_2, *WORSE_LATER)
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    left, right = _weights(a / "checkpoints" / "last.ckpt"), _weights(b / "checkpoints" / "last.ckpt")
+    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+
+
 @pytest.mark.slow
-def test_resumed_run_equals_uninterrupted_run(tiny_landmarks, tmp_path):
-    full = _train(tiny_landmarks, tmp_path / "full")
+def test_resumed_run_equals_uninterrupted_run(full, tiny_landmarks, tmp_path):
     first = _train(tiny_landmarks, tmp_path / "first", "trainer.max_epochs=1")
     resumed = _train(tiny_landmarks, tmp_path / "resumed", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
     assert len(_step_losses(full)) == 2 * BATCHES_PER_EPOCH
@@ -73,27 +89,21 @@ def test_resumed_run_equals_uninterrupted_run(tiny_landmarks, tmp_path):
         assert got[key] == expected[key], key
     # every step of the second epoch, and the final weights, bit for bit
     assert _step_losses(resumed) == {k: v for k, v in _step_losses(full).items() if k >= BATCHES_PER_EPOCH}
-    full_weights, resumed_weights = (
-        _weights(full / "checkpoints" / "last.ckpt"),
-        _weights(resumed / "checkpoints" / "last.ckpt"),
-    )
-    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
+    assert _same_weights(full, resumed)
     # the interrupted run's first epoch was the full run's first epoch
     assert _epoch_metrics(first, 0)["train/loss_epoch"] == _epoch_metrics(full, 0)["train/loss_epoch"]
 
 
 @pytest.mark.slow
-def test_run_killed_mid_epoch_resumes_at_the_next_batch(tiny_landmarks, tmp_path):
+def test_run_killed_mid_epoch_resumes_at_the_next_batch(full, tiny_landmarks, tmp_path):
     # a checkpoint every 2 steps; SIGKILL after step 8 (epoch 1, batch 2 of 6): no teardown
-    every_2 = "callbacks.step_checkpoint.every_n_train_steps=2"
-    full = _train(tiny_landmarks, tmp_path / "full", every_2)
     killed_tmp = tmp_path / "killed"
     killed_tmp.mkdir()
     process = start_script(
         "train.py",
         *small_run(tiny_landmarks, killed_tmp),
         *SETTINGS,
-        every_2,
+        EVERY_2,
         "+callbacks.kill._target_=tests.helpers.kill.KillAtStep",
         "+callbacks.kill.step=8",
         cwd=killed_tmp,
@@ -111,23 +121,12 @@ def test_run_killed_mid_epoch_resumes_at_the_next_batch(tiny_landmarks, tmp_path
     after_kill = {k: v for k, v in _step_losses(full).items() if k >= 8}
     assert _step_losses(resumed) == after_kill  # batches 2..5 of epoch 1, none repeated
     assert _epoch_metrics(resumed, 1)["val/mAP"] == _epoch_metrics(full, 1)["val/mAP"]
-    full_weights, resumed_weights = (
-        _weights(full / "checkpoints" / "last.ckpt"),
-        _weights(resumed / "checkpoints" / "last.ckpt"),
-    )
-    assert all(torch.equal(full_weights[k], resumed_weights[k]) for k in full_weights)
+    assert _same_weights(full, resumed)
 
 
 @pytest.mark.slow
-def test_last_checkpoint_is_the_latest_epoch_even_after_a_worse_one(tiny_landmarks, tmp_path):
-    # monitor "epoch" in mode min: epoch 0 stays the best, every later epoch is "worse"
-    run_dir = _train(
-        tiny_landmarks,
-        tmp_path,
-        "callbacks.model_checkpoint.monitor=epoch",
-        "callbacks.model_checkpoint.mode=min",
-    )
-    checkpoints = run_dir / "checkpoints"
+def test_last_checkpoint_is_the_latest_epoch_even_after_a_worse_one(full):
+    checkpoints = full / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_000.ckpt", "last.ckpt"]
     assert torch.load(checkpoints / "last.ckpt", weights_only=False)["epoch"] == 1
     assert torch.load(checkpoints / "epoch_000.ckpt", weights_only=False)["epoch"] == 0
