@@ -16,10 +16,12 @@ centre ``crop_size`` x ``crop_size`` crop *without resizing*. Differences, chose
 
 The cache is one ``np.lib.format.open_memmap`` file (N, c, c) or (N, c, c, 3) uint8 per set
 of (files, sizes, mtimes, crop parameters) plus a JSON sidecar naming unreadable and
-small images. Both are written to temporary names and renamed into place, sidecar last
-(:mod:`retrieval.utils.atomic`), so a killed build leaves no half-written cache behind;
-the temporaries a killed build leaves are deleted when the next build starts
-(:func:`remove_stale_temporaries`). A cache that is damaged anyway (a truncated array, a
+small images. The array is built under a hidden partial name that records, every few
+seconds, which rows are decoded (:mod:`.crop_partial`): a killed build is resumed by the
+next one with the same key, which decodes only the rest, then renames the array into place
+after writing the sidecar (:mod:`retrieval.utils.atomic`), so the final names only ever
+hold a complete cache; the temporaries a killed write leaves are deleted when the next build
+starts (:func:`remove_stale_temporaries`). A cache that is damaged anyway (a truncated array, a
 sidecar that does not parse or does not describe this set) is reported once, naming the
 file, and decoded again.
 
@@ -38,6 +40,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -48,7 +51,8 @@ from PIL import Image
 from rich.progress import Progress
 
 from retrieval.data.image_io import load_rgb
-from retrieval.utils.atomic import atomic_file, remove_stale, write_atomic
+from retrieval.mining.crop_partial import SAVE_ROWS, SAVE_SECONDS, PartialCrops, open_partial, partial_paths
+from retrieval.utils.atomic import remove_stale, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -222,41 +226,42 @@ def _reason(error: Exception, path: str | Path, limit: int = 80) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def _decode_all(
+def _decode_missing(
     image_paths: Sequence[str | Path],
-    target: Path,
+    partial: PartialCrops,
     spec: CropSpec,
     num_workers: int,
     show_progress: bool,
-) -> tuple[dict[int, str], list[int]]:
-    """Decode every image into a new memory-mapped array at ``target``: (why each failed
-    image failed, small indices)."""
-    crops = np.lib.format.open_memmap(
-        target, mode="w+", dtype=np.uint8, shape=(len(image_paths), *spec.shape)
-    )
-    failed: dict[int, str] = {}
-    small: list[int] = []
+) -> int:
+    """Decode the rows ``partial`` has not done into its memory map, recording them every
+    few seconds (:meth:`PartialCrops.save`) and on the way out; returns how many."""
+    todo = np.flatnonzero(~partial.done).tolist()
 
-    def decode(index: int) -> None:
+    def decode(index: int) -> tuple[int, bool, str | None]:  # in a thread: no shared state
         try:
-            crops[index], was_small = load_crop(image_paths[index], spec)
-            if was_small:
-                small.append(index)
+            partial.crops[index], was_small = load_crop(image_paths[index], spec)
+            return index, was_small, None
         except SmallImageError:
-            small.append(index)
+            return index, True, None
         except Exception as error:  # noqa: BLE001 -- any decoder failure: skip the image, report it, go on
-            failed[index] = _reason(error, image_paths[index])
+            return index, False, _reason(error, image_paths[index])
 
     pool = ThreadPoolExecutor(max(1, num_workers))
+    unsaved, saved_at = 0, time.monotonic()
     try:
         with Progress(disable=not show_progress) as progress:
-            task = progress.add_task("decoding crops", total=len(image_paths))
-            for _ in pool.map(decode, range(len(image_paths))):
+            task = progress.add_task("decoding crops", total=len(image_paths), completed=partial.resumed)
+            for result in pool.map(decode, todo):
+                partial.mark(*result)
                 progress.advance(task)
-    finally:  # on Ctrl-C, do not decode the images not started yet
+                unsaved += 1
+                if unsaved >= SAVE_ROWS or time.monotonic() - saved_at >= SAVE_SECONDS:
+                    partial.save()
+                    unsaved, saved_at = 0, time.monotonic()
+    finally:  # on Ctrl-C, do not decode the images not started yet; keep those decoded
         pool.shutdown(wait=True, cancel_futures=True)
-    crops.flush()
-    return dict(sorted(failed.items())), sorted(small)
+        partial.save()
+    return len(todo)
 
 
 def _damage(array_path: Path, meta_path: Path, count: int, spec: CropSpec) -> str | None:
@@ -309,17 +314,32 @@ def build_crop_cache(
         cache_dir / f"crops-{key[:24]}.json",
     )
     reasons: dict[int, str] = {}
-    # the sidecar, written last, marks completion: without it the build was interrupted
-    complete = meta_path.exists() and array_path.exists()
-    if complete and (damage := _damage(array_path, meta_path, len(image_paths), spec)) is not None:
+
+    def complete() -> bool:  # the sidecar, written last, marks completion
+        return meta_path.exists() and array_path.exists()
+
+    done = complete()
+    if done and (damage := _damage(array_path, meta_path, len(image_paths), spec)) is not None:
         log.warning("crop cache %s is damaged (%s): decoding the crops again", array_path, damage)
-        complete = False
-    if not complete:
-        meta_path.unlink(missing_ok=True)  # a crash between the two renames must not pair old and new
-        with atomic_file(array_path) as tmp:
-            reasons, small = _decode_all(image_paths, tmp, spec, num_workers, show_progress)
-        meta = {"spec": asdict(spec), "failed": list(reasons), "small": small, "count": len(image_paths)}
-        write_atomic(meta_path, json.dumps(meta, indent=1))
+        meta_path.unlink(missing_ok=True)
+        array_path.unlink(missing_ok=True)  # the new sidecar, written first, must not pair with it
+        done = False
+    if done and not partial_paths(cache_dir, key[:24])[0].exists():  # a kill right after the rename
+        partial_paths(cache_dir, key[:24])[1].unlink(missing_ok=True)
+    if not done:
+        header = {"key": key, "count": len(image_paths), "shape": list(spec.shape)}
+        shape = (len(image_paths), *spec.shape)
+        with open_partial(cache_dir, key[:24], header, shape, complete) as partial:
+            if partial is not None:  # None: a concurrent build we waited for completed it
+                decoded = _decode_missing(image_paths, partial, spec, num_workers, show_progress)
+                log.info(
+                    "crop cache: %d decoded, %d resumed from an interrupted build", decoded, partial.resumed
+                )
+                reasons = dict(sorted(partial.failed.items()))
+                meta = {"spec": asdict(spec), "failed": list(reasons), "small": sorted(partial.small)}
+                # the sidecar first: it completes the cache only once the array is renamed
+                write_atomic(meta_path, json.dumps({**meta, "count": len(image_paths)}, indent=1))
+                partial.finish(array_path)
     meta = json.loads(meta_path.read_text())
     cache = CropCache(np.load(array_path, mmap_mode="r"), spec, meta["failed"], meta["small"], array_path)
     cache.report(image_paths, reasons)
