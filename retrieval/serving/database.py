@@ -209,7 +209,12 @@ def _load_array(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DatabaseError(f"database {path.parent} is incomplete: {path.name} is missing; rebuild it")
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        # float32 stays a read-only memory map: the exact index and the re-rankers read it
+        # as it is, paged in on use, never a second copy. float16 is read into memory: every
+        # consumer converts it to float32 (the index keeps that copy), so a map would save
+        # nothing; it keeps its dtype so that add/remove write the database's own dtype back
+        return array if array.dtype == np.float32 else np.array(array)
     except (ValueError, OSError) as error:
         raise DatabaseError(
             f"database {path.parent}: {path.name} is unreadable ({error}); rebuild it"
