@@ -34,7 +34,8 @@ def app_settings(cfg: DictConfig) -> AppSettings:
 
 
 def load_service(cfg: DictConfig, settings: AppSettings | None = None) -> SearchService:
-    return SearchService.load(settings or app_settings(cfg), instantiate(cfg.search))
+    reranker = instantiate(cfg.rerank) if cfg.get("rerank") else None
+    return SearchService.load(settings or app_settings(cfg), instantiate(cfg.search), reranker)
 
 
 def serve(cfg: DictConfig) -> None:

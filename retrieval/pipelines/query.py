@@ -1,7 +1,8 @@
 """Query a database with one image: the top-k database images, best first.
 
 retrieval-query image=PATH db=DIR [k=10] [bbox=[x1,y1,x2,y2]] [--json]
-    [search=ivfpq] [ckpt_path=FILE (if the database's checkpoint moved)] [device=cpu]
+    [search=ivfpq] [rerank=superglobal|diffusion|k_reciprocal] ["filter='dataset == \\"x\\"'" (search=milvus)]
+    [ckpt_path=FILE (if the database's checkpoint moved)] [device=cpu]
 """
 
 from __future__ import annotations
@@ -42,11 +43,20 @@ def run_query(cfg: DictConfig) -> list[Match]:
     bbox = cfg.bbox
     if bbox is not None and not OmegaConf.is_list(bbox):
         raise UserFacingError(f"bbox={bbox!r} is not a box; write bbox=[x1,y1,x2,y2] (pixels)")
+    filter = cfg.get("filter")
+    if filter is not None and not isinstance(filter, str):
+        raise UserFacingError(
+            f'filter={filter!r} is not an expression; write it quoted: "filter=\'dataset == \\"NAME\\"\'"'
+        )
     artifact = load_database(cfg.db)
-    searcher = DatabaseSearcher(artifact, hydra.utils.instantiate(cfg.search), cfg.ckpt_path, cfg.device)
+    reranker = hydra.utils.instantiate(cfg.rerank) if cfg.get("rerank") else None
+    searcher = DatabaseSearcher(
+        artifact, hydra.utils.instantiate(cfg.search), cfg.ckpt_path, cfg.device, reranker
+    )
+    searcher.check_filter(filter)  # before any embedding: the backend decides
     if cfg.get("check", False):  # re-embed a sample of the database first (as the app does)
         self_check(searcher)
-    matches = searcher.query(cfg.image, k, list(bbox) if bbox is not None else None)
+    matches = searcher.query(cfg.image, k, list(bbox) if bbox is not None else None, filter)
     if cfg.json:
         print(json.dumps([asdict(m) for m in matches], indent=1))
     else:

@@ -104,14 +104,22 @@ def queries(request: Request) -> list[QueryCard]:
     return [QueryCard(**query_card(service, q)) for q in service.queries]
 
 
+FILTER_HELP = 'metadata expression, search=milvus only: dataset == "oxford5k", name like "all_souls%"'
+
+
 @router.get("/queries/{query_id}/search", response_model=SearchResult)
 async def search_query(
-    request: Request, query_id: int, k: Annotated[int | None, Query(description="results to return")] = None
+    request: Request,
+    query_id: int,
+    k: Annotated[int | None, Query(description="results to return")] = None,
+    filter: Annotated[str | None, Query(description=FILTER_HELP)] = None,
 ) -> SearchResult:
-    """Search with a dataset query (cropped to its box): matches with labels, and its AP."""
+    """Search with a dataset query (cropped to its box): matches with labels, and its AP
+    (over the whole database, unfiltered: the evaluation's)."""
     service = service_of(request)
     query, k = service.dataset_query(query_id), service.check_k(k)
-    outcome = await service.run(service.search_dataset_query, query, k)
+    service.check_filter(filter)
+    outcome = await service.run(service.search_dataset_query, query, k, 0, filter)
     return search_result(service, k, outcome, query_card(service, query))
 
 
@@ -121,9 +129,11 @@ async def search_upload(
     file: Annotated[UploadFile | None, File()] = None,
     k: Annotated[int | None, Form()] = None,
     bbox: Annotated[str | None, Form(description="x1,y1,x2,y2 (pixels)")] = None,
+    filter: Annotated[str | None, Query(description=FILTER_HELP)] = None,
 ) -> SearchResult:
     """Search with an uploaded image (multipart field ``file``), optionally cropped to ``bbox``."""
     service = service_of(request)
     k, box = service.check_k(k), parse_bbox(bbox)
+    service.check_filter(filter)
     data = await read_upload(service, file)
-    return search_result(service, k, await service.run(service.search_upload, data, k, box))
+    return search_result(service, k, await service.run(service.search_upload, data, k, box, filter))

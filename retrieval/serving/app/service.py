@@ -18,6 +18,7 @@ from typing import TypeVar
 import numpy as np
 
 from retrieval.evaluation.landmark_metrics import average_precisions
+from retrieval.evaluation.reranking import Reranker
 from retrieval.serving.app.boxes import Box, clip_to_image
 from retrieval.serving.app.files import ServableImages
 from retrieval.serving.app.imaging import thumbnail_jpeg
@@ -27,8 +28,9 @@ from retrieval.serving.app.truth import QueryTruth, load_dataset_truth
 from retrieval.serving.app.uploads import RequestError, decode_upload
 from retrieval.serving.database import DatabaseError, load_database
 from retrieval.serving.search import SearchIndex
-from retrieval.serving.searcher import DatabaseSearcher, Match
+from retrieval.serving.searcher import DatabaseSearcher, FilterUnsupportedError, Match
 from retrieval.serving.self_check import self_check, self_check_rows
+from retrieval.utils.errors import UserFacingError
 
 __all__ = ["Outcome", "SearchService", "public_names", "self_check", "self_check_rows"]
 
@@ -70,11 +72,14 @@ class SearchService:
 
     @classmethod
     def load(
-        cls, settings: AppSettings, index_factory: Callable[[np.ndarray], SearchIndex] = SearchIndex
+        cls,
+        settings: AppSettings,
+        index_factory: Callable[..., SearchIndex] = SearchIndex,
+        reranker: Reranker | None = None,
     ) -> SearchService:
         """Load and check everything; a missing or mismatched database is a DatabaseError."""
         artifact = load_database(settings.db)
-        searcher = DatabaseSearcher(artifact, index_factory, settings.ckpt_path, settings.device)
+        searcher = DatabaseSearcher(artifact, index_factory, settings.ckpt_path, settings.device, reranker)
         self_check(searcher)
         return cls(searcher, settings)
 
@@ -113,17 +118,31 @@ class SearchService:
         """Run ``function(*args)`` on the model's worker threads; the event loop stays free."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, partial(function, *args))
 
-    def search_dataset_query(self, query: QueryTruth, k: int, start: int = 0) -> Outcome:
-        """Ranks ``start + 1 .. start + k`` of ``query`` (a results page), its AP over the
-        whole ranking and how many of the ranks shown are its positives."""
+    def check_filter(self, filter: str | None) -> None:
+        """A filter the search backend cannot apply: a 422 before any work is queued."""
+        try:
+            self.searcher.check_filter(filter)
+        except FilterUnsupportedError as error:
+            raise RequestError(422, str(error)) from None
+
+    def search_vector(self, vector: np.ndarray, k: int, filter: str | None) -> list[Match]:
+        try:
+            return self.searcher.search_vector(vector, k, filter)
+        except UserFacingError as error:  # Milvus refused the expression: the client's to fix
+            raise RequestError(422, self.public(str(error))) from None
+
+    def search_dataset_query(
+        self, query: QueryTruth, k: int, start: int = 0, filter: str | None = None
+    ) -> Outcome:
+        """Ranks ``start + 1 .. start + k`` of ``query`` (a results page, from the index,
+        ``filter``-ed), its AP and how many of the ranks shown are its positives."""
         bbox = query.bbox if self.settings.query_crop else None
         vector = self.searcher.embed(query.path, bbox)
-        # AP needs the whole ranking (an approximate index may return fewer: misses count 0)
-        ranking = self.searcher.search_vector(vector, len(self.artifact.image_paths))
-        ap = average_precisions(
-            np.asarray([[m.index for m in ranking]], dtype=np.int64), [query.positives], [query.junk]
-        )[0]
-        top, positives = ranking[start : start + k], set(query.positives.tolist())
+        # the AP is the evaluation's: exact scores over the whole database (never filtered),
+        # whatever the index (HNSW/PQ are approximate, Milvus returns 16384 at most)
+        ap = average_precisions(self.searcher.exact_ranking(vector), [query.positives], [query.junk])[0]
+        top = self.search_vector(vector, start + k, filter)[start:]
+        positives = set(query.positives.tolist())
         return Outcome(
             top,
             [query.label(m.index) for m in top],
@@ -139,12 +158,12 @@ class SearchService:
         vector = self.searcher.embed_image(image.crop(box) if box is not None else image)
         return KeptUpload(name, vector, image.size, box, thumbnail)
 
-    def search_kept(self, upload: KeptUpload, k: int, start: int = 0) -> Outcome:
-        matches = self.searcher.search_vector(upload.vector, start + k)[start:]
+    def search_kept(self, upload: KeptUpload, k: int, start: int = 0, filter: str | None = None) -> Outcome:
+        matches = self.search_vector(upload.vector, start + k, filter)[start:]
         return Outcome(matches, [None] * len(matches))
 
-    def search_upload(self, data: bytes, k: int, bbox: Box | None) -> Outcome:
-        return self.search_kept(self.embed_upload(data, "upload", bbox, preview=False), k)
+    def search_upload(self, data: bytes, k: int, bbox: Box | None, filter: str | None = None) -> Outcome:
+        return self.search_kept(self.embed_upload(data, "upload", bbox, preview=False), k, 0, filter)
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
