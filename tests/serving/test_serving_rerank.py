@@ -81,6 +81,7 @@ def test_filter_selects_by_dataset_on_milvus(small_database, small_vgg_root, tmp
 
 def test_app_refuses_a_filter_its_backend_cannot_apply(app_service, small_vgg_root):
     client = TestClient(create_app(app_service))
+    assert client.get("/api/health").json()["rerank"] is None
     answer = client.get("/api/queries/0/search", params={"filter": 'dataset == "oxford5k"'})
     assert answer.status_code == 422 and "search=milvus" in answer.json()["detail"]
     image = (small_vgg_root / "jpg" / "arch_000001.jpg").read_bytes()
@@ -98,6 +99,8 @@ def test_app_ap_is_the_evaluations_whatever_the_index_and_with_reranking(app_ser
     searcher = DatabaseSearcher(artifact, hnsw, reranker=reranker)
     service = SearchService(searcher, app_service.settings)
     try:
+        health = TestClient(create_app(service)).get("/api/health").json()
+        assert health["rerank"] == "SuperGlobal" and health["search_backend"] == "hnsw"
         gt = load_classic_ground_truth(small_vgg_root, "oxford5k")
         embedded = np.concatenate([searcher.embed(q.path, q.bbox) for q in service.queries])
         expected = evaluate_embeddings(embedded, artifact.embeddings, gt, reranker=reranker)

@@ -25,6 +25,7 @@ class Health(BaseModel):
     ground_truth: str | None  # "classic" | "revisited" | None
     ground_truth_note: str
     search_backend: str
+    rerank: str | None  # the re-ranker's class (SuperGlobal, Diffusion, KReciprocal) or None
     device: str
     max_upload_bytes: int
 
@@ -93,6 +94,7 @@ def health(request: Request) -> Health:
         ground_truth=service.truth.protocol if service.truth else None,
         ground_truth_note=service.truth_note,
         search_backend=service.searcher.index.backend,
+        rerank=type(reranker).__name__ if (reranker := service.searcher.reranker) is not None else None,
         device=str(service.searcher.device),
         max_upload_bytes=service.settings.max_upload_bytes,
     )
