@@ -252,3 +252,16 @@ def test_k_reciprocal_on_a_shortlist_is_the_reference_on_its_candidates():
     for row in range(len(q)):
         mine = expected[row, np.searchsorted(candidates, shortlist[row])]
         np.testing.assert_array_equal(ours[row], shortlist[row][np.argsort(mine, kind="stable")])
+
+
+def test_k_reciprocal_with_fewer_images_than_k2_is_the_reference():
+    # a filtered query (4 candidates) or a tiny database: k2 = 6 neighbours do not exist,
+    # the reference's np.mean then averages over the images there are
+    q, db = clustered(4, 2, 16, seed=5)
+    q = q[:1]
+    expected = reference_re_ranking(_euclidean(q, db), _euclidean(q, q), _euclidean(db, db))
+    ours = k_reciprocal_distance(np.concatenate([q, db]), 1)
+    assert np.abs(ours - expected).max() < 1e-5
+    shortlist = np.argsort(-(q @ db.T), axis=1, kind="stable")
+    reranked = KReciprocal(shortlist=4)(q, db, shortlist)
+    np.testing.assert_array_equal(reranked, np.argsort(expected, axis=1, kind="stable"))

@@ -95,6 +95,9 @@ def k_reciprocal_distance(
     weight = np.exp(-distance.astype(np.float32))
     weight /= np.bincount(expanded.row, weights=weight, minlength=n)[expanded.row]
     v = sparse.csr_matrix((weight, (expanded.row, expanded.col)), shape=(n, n), dtype=np.float32)
+    # fewer images than k2 (a filtered or tiny shortlist): the average runs over all of them,
+    # as the reference's np.mean(V[initial_rank[i, :k2]]) does
+    k2 = min(k2, n)
     if k2 != 1:
         rows = np.repeat(np.arange(n), k2)
         average = sparse.csr_matrix(
