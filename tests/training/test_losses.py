@@ -25,6 +25,7 @@ from retrieval.training.class_metric_module import ClassMetricModule
 from retrieval.training.losses import ClassificationLoss, PairLoss, compute_loss
 from retrieval.utils.errors import UserFacingError
 from tests.helpers.configs import compose_cfg
+from tests.helpers.trainers import quiet_trainer
 
 LOSSES = ["triplet", "contrastive", "multi_similarity", "arcface", "cosface", "subcenter_arcface"]
 KINDS = {
@@ -139,18 +140,7 @@ def _class_run(data_dir, *overrides: str):
 
 
 def _trainer(tmp_path, steps: int) -> L.Trainer:
-    return L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        reload_dataloaders_every_n_epochs=1,
-        default_root_dir=tmp_path,
-    )
+    return quiet_trainer(steps, limit_val_batches=0, default_root_dir=tmp_path)
 
 
 @pytest.mark.slow  # two short Trainer runs

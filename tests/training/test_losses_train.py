@@ -21,6 +21,7 @@ import torch
 from retrieval.pipelines.build import build_datamodule, build_model
 from retrieval.training.evaluation_callback import RetrievalEvaluation
 from tests.helpers.configs import compose_cfg
+from tests.helpers.trainers import quiet_trainer
 
 pytestmark = pytest.mark.slow  # each run is seconds of real training on 2 cores
 
@@ -108,16 +109,9 @@ def train_and_measure(overrides: list[str], steps: int = STEPS) -> tuple[float, 
     L.seed_everything(0)
     datamodule, model = build_datamodule(cfg), build_model(cfg)
     evaluation, first_batch = RetrievalEvaluation(), _FirstBatchLoss()
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_trainer(
+        steps,
         callbacks=[evaluation, first_batch],
-        num_sanity_val_steps=0,
-        reload_dataloaders_every_n_epochs=1,
         check_val_every_n_epoch=10**6,  # evaluated only before and after, below
     )
     trainer.validate(model, datamodule=datamodule, verbose=False)
