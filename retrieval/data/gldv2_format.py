@@ -20,7 +20,6 @@ is seen in training), in the ``split`` column the class datamodule reads.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +27,8 @@ import pandas as pd
 
 from retrieval.data.class_ground_truth import ClassGroundTruth
 from retrieval.data.image_paths import ImagePaths, gldv2_layout, sampled_problems
-from retrieval.data.shard_lists import unpacked_files
+from retrieval.data.shard_lists import keep_unpacked
 from retrieval.utils.errors import DatasetError
-
-log = logging.getLogger(__name__)
 
 CSV_OF_VERSION = {"clean": "train_clean.csv", "full": "train.csv"}
 COLUMNS_OF_VERSION = {"clean": ("landmark_id", "images"), "full": ("id", "landmark_id")}
@@ -93,22 +90,14 @@ def _ids_and_landmarks(root: Path, version: str) -> tuple[np.ndarray, np.ndarray
 
 def _keep_unpacked(root: Path, ids: np.ndarray) -> np.ndarray:
     """A mask of the ids whose image the downloader unpacked (all True without shard lists)."""
-    unpacked = unpacked_files(root)
-    if unpacked is None:
-        return np.ones(len(ids), dtype=bool)
-    listed, shards = unpacked
-    listed_ids = np.char.rpartition(np.char.rpartition(listed, b"/")[:, 2], b".")[:, 0]
-    keep = np.isin(np.char.encode(ids, "ascii"), listed_ids)
-    if shards < TRAIN_SHARDS or not keep.all():
-        log.warning(
-            "gldv2: %d of %d shards unpacked (%s): using the %d of %d listed images they hold",
-            shards,
-            TRAIN_SHARDS,
-            root / "shards",
-            int(keep.sum()),
-            len(ids),
-        )
-    return keep
+    keep = keep_unpacked(
+        root,
+        np.char.encode(ids, "ascii"),
+        lambda listed: np.char.rpartition(np.char.rpartition(listed, b"/")[:, 2], b".")[:, 0],
+        TRAIN_SHARDS,
+        "gldv2",
+    )
+    return np.ones(len(ids), dtype=bool) if keep is None else keep
 
 
 def landmark_disjoint_split(landmarks: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:

@@ -19,7 +19,6 @@ shard lists say which the downloader unpacked, and a seeded sample is checked.
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +26,8 @@ import numpy as np
 from retrieval.data.ground_truth import Distractors, RetrievalGroundTruth
 from retrieval.data.image_paths import ChainedPaths, ImagePaths, sampled_problems
 from retrieval.data.landmark_formats import load_revisited_ground_truth
-from retrieval.data.shard_lists import unpacked_files
+from retrieval.data.shard_lists import keep_unpacked
 from retrieval.utils.errors import DatasetError
-
-log = logging.getLogger(__name__)
 
 R1M, R1M_LIST, R1M_SHARDS = "revisitop1m", "revisitop1m.txt", 100
 DOWNLOAD = "retrieval-download dataset=roxford5k+r1m paths.data_dir=DATA_DIR"
@@ -56,19 +53,8 @@ def read_distractors(root: str | Path, offset: int, check_sample: int = 64, seed
     if not len(names):
         raise DatasetError(f"{list_file} lists no images; download it again with `{DOWNLOAD}`")
     digest = hashlib.sha256(text)
-    unpacked = unpacked_files(root)
-    if unpacked is not None:  # the downloader's record: only images it unpacked
-        listed, shards = unpacked
-        keep = np.isin(np.char.encode(names, "utf-8"), listed)
-        if shards < R1M_SHARDS or not keep.all():
-            log.warning(
-                "%s: %d of %d archives unpacked: using the %d of %d listed images they hold",
-                R1M,
-                shards,
-                R1M_SHARDS,
-                int(keep.sum()),
-                len(names),
-            )
+    keep = keep_unpacked(root, np.char.encode(names, "utf-8"), lambda listed: listed, R1M_SHARDS, R1M)
+    if keep is not None:  # the downloader's record: only images it unpacked
         names = names[keep]
         digest.update(np.packbits(keep).tobytes())
         if not len(names):

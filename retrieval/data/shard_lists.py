@@ -11,9 +11,12 @@ image lists with these instead of looking at the folder. A set unpacked by hand 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 SHARD_LISTS = "shards"
 
@@ -36,3 +39,27 @@ def unpacked_files(dataset_root: Path) -> tuple[np.ndarray, int] | None:
     names = [np.asarray([n for n in path.read_bytes().splitlines() if n], dtype=np.bytes_) for path in lists]
     listed = np.unique(np.concatenate(names)) if names else np.empty(0, dtype=np.bytes_)
     return listed, len(lists)
+
+
+def keep_unpacked(
+    dataset_root: Path, keys: np.ndarray, listed_keys, shards_total: int, name: str
+) -> np.ndarray | None:
+    """A mask of ``keys`` (bytes) found among the unpacked files, or None for a set without
+    shard lists (taken as complete). ``listed_keys`` maps the listed paths onto the keys'
+    spelling (GLDv2: the id of ``a/b/c/<id>.jpg``). A part download is said once."""
+    unpacked = unpacked_files(dataset_root)
+    if unpacked is None:
+        return None
+    listed, shards = unpacked
+    keep = np.isin(keys, listed_keys(listed))
+    if shards < shards_total or not keep.all():
+        log.warning(
+            "%s: %d of %d archives unpacked (%s): using the %d of %d listed images they hold",
+            name,
+            shards,
+            shards_total,
+            dataset_root / SHARD_LISTS,
+            int(keep.sum()),
+            len(keys),
+        )
+    return keep
