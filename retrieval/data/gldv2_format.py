@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from retrieval.data.class_ground_truth import ClassGroundTruth
-from retrieval.data.image_paths import ImagePaths, gldv2_layout, sampled_problems
+from retrieval.data.image_paths import ImagePaths, check_sampled, gldv2_layout
 from retrieval.data.shard_lists import keep_unpacked
 from retrieval.utils.errors import DatasetError
 
@@ -130,14 +130,13 @@ def read_gldv2(
             f"retrieval by landmark needs at least 2. {_DOWNLOAD_HINT}"
         )
     paths = ImagePaths(root / TRAIN_DIR, ids, gldv2_layout)
-    problems = sampled_problems(paths, check_sample, seed)
-    if problems:
-        shown = "; ".join(f"{p} ({why})" for p, why in list(problems.items())[:3])
-        raise DatasetError(
-            f"{len(problems)} of {min(check_sample, len(paths))} sampled GLDv2 images listed in "
-            f"{CSV_OF_VERSION[version]} are missing or broken, e.g. {shown}. {_DOWNLOAD_HINT} "
-            f"(a download resumes and re-checks what is there)."
-        )
+    check_sampled(
+        paths,
+        check_sample,
+        seed,
+        f"GLDv2 images listed in {CSV_OF_VERSION[version]}",
+        f"{_DOWNLOAD_HINT} (a download resumes and re-checks what is there).",
+    )
     class_ids, labels = np.unique(landmarks, return_inverse=True)
     return ClassGroundTruth(
         name,

@@ -16,6 +16,7 @@ from typing import overload
 import numpy as np
 
 from retrieval.data.image_io import image_problem
+from retrieval.utils.errors import DatasetError
 
 
 def gldv2_layout(image_id: str) -> str:
@@ -101,3 +102,15 @@ def sampled_problems(paths: Sequence[Path], sample: int, seed: int = 0) -> dict[
         if problem is not None:
             problems[path] = problem
     return problems
+
+
+def check_sampled(paths: Sequence[Path], sample: int, seed: int, what: str, fix: str) -> None:
+    """:func:`sampled_problems`, as one DatasetError naming up to three: ``what`` says which
+    images were sampled ("distractors listed in FILE"), ``fix`` how to get them again."""
+    problems = sampled_problems(paths, sample, seed)
+    if problems:
+        shown = "; ".join(f"{p} ({why})" for p, why in list(problems.items())[:3])
+        raise DatasetError(
+            f"{len(problems)} of {min(sample, len(paths))} sampled {what} are missing or broken, "
+            f"e.g. {shown}. {fix}"
+        )

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.data.ground_truth import Distractors, RetrievalGroundTruth
-from retrieval.data.image_paths import ChainedPaths, ImagePaths, sampled_problems
+from retrieval.data.image_paths import ChainedPaths, ImagePaths, check_sampled
 from retrieval.data.landmark_formats import load_revisited_ground_truth
 from retrieval.data.shard_lists import keep_unpacked
 from retrieval.utils.errors import DatasetError
@@ -60,13 +60,7 @@ def read_distractors(root: str | Path, offset: int, check_sample: int = 64, seed
         if not len(names):
             raise DatasetError(f"none of the images {list_file} lists is in {root / 'jpg'}. {_HINT}")
     paths = ImagePaths(root / "jpg", names)
-    problems = sampled_problems(paths, check_sample, seed)
-    if problems:
-        shown = "; ".join(f"{p} ({why})" for p, why in list(problems.items())[:3])
-        raise DatasetError(
-            f"{len(problems)} of {min(check_sample, len(paths))} sampled distractors listed in "
-            f"{list_file} are missing or broken, e.g. {shown}. {_HINT}"
-        )
+    check_sampled(paths, check_sample, seed, f"distractors listed in {list_file}", _HINT)
     return Distractors(R1M, names.tolist(), paths, offset, list_file, digest.hexdigest())
 
 
