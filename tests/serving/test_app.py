@@ -83,7 +83,10 @@ def test_health_describes_the_database(client):
 
 
 def test_queries_list_the_dataset_queries_with_servable_images(client):
-    queries = client.get("/api/queries").json()
+    listing = client.get("/api/queries").json()
+    assert (listing["page"], listing["per_page"], listing["pages"], listing["total"]) == (1, 60, 1, 4)
+    assert listing["prev_url"] is None and listing["next_url"] is None
+    queries = listing["items"]
     assert [q["name"] for q in queries] == ["arch_000000", "arch_000001", "tower_000000", "tower_000001"]
     assert queries[0]["bbox"] == [1.5, 2.0, 30.0, 25.5] and queries[0]["positives"] == 3
     image = client.get(queries[0]["image_url"])
@@ -122,6 +125,11 @@ def test_upload_finds_the_image_itself(client, small_vgg_root):
         (("get", "/api/queries/0/search?k=0"), 422, "k must be between 1 and 200"),
         (("get", "/api/queries/0/search?k=201"), 422, "k must be between 1 and 200"),
         (("get", "/api/queries/0/search?k=ten"), 422, "k: Input should be a valid integer"),
+        (("get", "/api/queries?page=2"), 422, "page must be between 1 and 1, got 2"),
+        (("get", "/api/queries?page=0"), 422, "page must be between 1 and 1, got 0"),
+        (("get", "/api/queries?per_page=201"), 422, "per_page must be between 1 and 200, got 201"),
+        (("get", "/api/queries?per_page=0"), 422, "per_page must be between 1 and 200, got 0"),
+        (("get", "/api/queries?page=two"), 422, "page: Input should be a valid integer"),
         (("get", "/api/nothing"), 404, "Not Found"),
         (("post", "/api/search"), 400, "No file was uploaded"),
     ],

@@ -131,6 +131,20 @@ def test_gallery_click_shows_ground_truth_marked_results(page, live_server, tmp_
     assert (tmp_path / "webapp_results.png").stat().st_size > 10_000
 
 
+def test_gallery_pages_through_the_queries(page, live_server):
+    """The gallery shows one page of queries; its links walk to the next and back."""
+    page.goto(live_server + "/?per_page=3")
+    cards = page.locator("a.card.query")
+    assert cards.evaluate_all("cs => cs.map(c => c.dataset.query)") == ["0", "1", "2"]
+    page.locator("a[rel=next]").first.click()
+    page.wait_for_url("**/?page=2&per_page=3")
+    assert cards.evaluate_all("cs => cs.map(c => c.dataset.query)") == ["3"]
+    assert page.locator("a[rel=next]").count() == 0 and "page 2 of 2" in page.text_content(".pager")
+    page.locator("a[rel=prev]").first.click()
+    page.wait_for_url("**/?page=1&per_page=3")
+    assert cards.count() == 3
+
+
 def test_upload_by_chooser_and_by_drop_shows_results(page, live_server, small_vgg_root, tmp_path):
     image = small_vgg_root / "jpg" / "tower_000001.jpg"
     names = upload(page, live_server, image, tmp_path)

@@ -1,6 +1,7 @@
 """The app's pages page through large databases: a 2000-image database (the small real
 database's network, 2000 generated images with synthetic vectors) never lists more than
-``per_page`` items on a page, and the links walk every page."""
+``per_page`` items on a page, and the links walk every page; a dataset with 250 queries
+(the small dataset's 4, repeated) pages the same way in the gallery and in /api/queries."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from retrieval.evaluation.vectors import l2_normalize
 from retrieval.serving.app import AppSettings, SearchService, create_app
+from retrieval.serving.app.truth import DatasetTruth
 from retrieval.serving.database import load_database
 from retrieval.serving.searcher import DatabaseSearcher
 
@@ -92,3 +94,51 @@ def test_gallery_and_query_results_pages(app_service):
         full = re.findall(r'class="rank">#(\d+)<', client.get("/queries/0?k=4").text)
         assert full == ["1", "2", "3", "4"]
     service.close()
+
+
+N_QUERIES = 250  # over one default page (60) and over the largest page (200)
+
+
+@pytest.fixture(scope="module")
+def many_queries_client(app_service):
+    service = SearchService(app_service.searcher, app_service.settings)
+    real = service.truth.queries
+    service.truth = DatasetTruth(
+        service.truth.protocol,
+        [replace(real[i % len(real)], id=i, name=f"q_{i:03d}") for i in range(N_QUERIES)],
+    )
+    yield TestClient(create_app(service))
+    service.close()
+
+
+def test_api_queries_page_through_a_dataset_with_many_queries(many_queries_client):
+    client = many_queries_client
+    first = client.get("/api/queries").json()
+    assert (first["page"], first["per_page"], first["pages"], first["total"]) == (1, 60, 5, N_QUERIES)
+    assert [q["id"] for q in first["items"]] == list(range(60)) and first["prev_url"] is None
+    assert first["next_url"] == "/api/queries?page=2&per_page=60"
+    second = client.get(first["next_url"]).json()
+    assert [q["name"] for q in second["items"]] == [f"q_{i:03d}" for i in range(60, 120)]
+    assert second["prev_url"] == "/api/queries?page=1&per_page=60"
+    last = client.get("/api/queries?page=5").json()
+    assert [q["id"] for q in last["items"]] == list(range(240, 250)) and last["next_url"] is None
+    largest = client.get("/api/queries?page=2&per_page=200").json()
+    assert (largest["pages"], len(largest["items"]), largest["items"][0]["id"]) == (2, 50, 200)
+    for bad, message in [
+        ("page=6", "page must be between 1 and 5, got 6"),  # past the end
+        ("page=3&per_page=200", "page must be between 1 and 2, got 3"),
+        ("per_page=201", "per_page must be between 1 and 200, got 201"),
+        ("page=-1", "page must be between 1 and 5, got -1"),
+    ]:
+        response = client.get(f"/api/queries?{bad}")
+        assert response.status_code == 422 and response.json() == {"detail": f"{message}."}, bad
+    # a query of a later page is searchable by the id its page gave
+    assert client.get("/api/queries/249/search?k=1").json()["query"]["name"] == "q_249"
+
+
+def test_gallery_pages_through_a_dataset_with_many_queries(many_queries_client):
+    first = many_queries_client.get("/").text
+    assert first.count('class="card query"') == 60 and "page 1 of 5" in first
+    assert 'href="/?page=2&amp;per_page=60"' in first and "Queries (250)" in first
+    last = many_queries_client.get("/?page=5").text
+    assert re.findall(r'data-query="(\d+)"', last) == [str(i) for i in range(240, 250)]

@@ -4,13 +4,23 @@ with bounds, so no page of a million-image database lists more than ``per_page``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 from urllib.parse import urlencode
+
+from fastapi import Query
 
 from retrieval.serving.app.uploads import RequestError
 
 PER_PAGE, MAX_PER_PAGE = 60, 200
 # a ranking is searched to its page's end: beyond this many pages, a query deserves the API
 MAX_RESULT_PAGES = 50
+
+# the two parameters of every paged route, HTML and JSON alike; no bounds here: page_of
+# checks them, so that a bad value is a 422 that names its allowed range
+PageNumber = Annotated[int | None, Query(description="page, from 1 (default 1)")]
+PerPage = Annotated[
+    int | None, Query(description=f"items a page (default {PER_PAGE}, at most {MAX_PER_PAGE})")
+]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The JSON API: health, the dataset's queries, searching a dataset query or an upload.
-Errors are ``{"detail": "<a sentence>"}`` with a 4xx status (see ``web.py``)."""
+"""The JSON API: health, the dataset's queries (a page at a time, as the gallery), searching
+a dataset query or an upload. Errors are ``{"detail": "<a sentence>"}`` with a 4xx status
+(see ``web.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from pydantic import BaseModel
 
 from retrieval.serving.app.boxes import parse_bbox
+from retrieval.serving.app.paging import Page, PageNumber, PerPage, page_of
 from retrieval.serving.app.service import Outcome, SearchService
 from retrieval.serving.app.uploads import RequestError
 from retrieval.serving.app.views import match_rows, query_card
@@ -38,6 +40,32 @@ class QueryCard(BaseModel):
     positives: int
     image_url: str | None
     thumbnail_url: str | None
+
+
+class Paged(BaseModel):
+    """Where a page of a long list sits: paging.Page as JSON, the links keeping ``per_page``."""
+
+    page: int  # 1-based
+    per_page: int
+    pages: int
+    total: int  # items in the whole list
+    prev_url: str | None
+    next_url: str | None
+
+    @classmethod
+    def fields_of(cls, pager: Page) -> dict:
+        return {
+            "page": pager.number,
+            "per_page": pager.per_page,
+            "pages": pager.pages,
+            "total": pager.total,
+            "prev_url": pager.prev_url,
+            "next_url": pager.next_url,
+        }
+
+
+class QueryPage(Paged):
+    items: list[QueryCard]
 
 
 class MatchRow(BaseModel):
@@ -100,10 +128,14 @@ def health(request: Request) -> Health:
     )
 
 
-@router.get("/queries", response_model=list[QueryCard])
-def queries(request: Request) -> list[QueryCard]:
+@router.get("/queries", response_model=QueryPage)
+def queries(request: Request, page: PageNumber = None, per_page: PerPage = None) -> QueryPage:
+    """The dataset queries a page at a time (``?page=&per_page=``, as the gallery): a
+    dataset can have more queries than one response should carry."""
     service = service_of(request)
-    return [QueryCard(**query_card(service, q)) for q in service.queries]
+    pager = page_of(len(service.queries), page, per_page, "/api/queries")
+    cards = [QueryCard(**query_card(service, q)) for q in service.queries[pager.start : pager.stop]]
+    return QueryPage(**Paged.fields_of(pager), items=cards)
 
 
 FILTER_HELP = 'metadata expression, search=milvus only: dataset == "oxford5k", name like "all_souls%"'

@@ -12,7 +12,7 @@ from fastapi.templating import Jinja2Templates
 
 from retrieval.serving.app.boxes import parse_bbox
 from retrieval.serving.app.imaging import image_size
-from retrieval.serving.app.paging import MAX_RESULT_PAGES, Page, page_of
+from retrieval.serving.app.paging import MAX_RESULT_PAGES, Page, PageNumber, PerPage, page_of
 from retrieval.serving.app.routes_api import read_upload, service_of
 from retrieval.serving.app.uploads import RequestError, human_size
 from retrieval.serving.app.views import box_style, data_uri, image_cards, match_rows, query_card
@@ -49,11 +49,8 @@ def upload_form(request: Request, error: str | None = None, status_code: int = 2
     )
 
 
-PageNumber = Annotated[int | None, Query()]
-
-
 @router.get("/", response_class=HTMLResponse)
-def gallery(request: Request, page: PageNumber = None, per_page: PageNumber = None) -> HTMLResponse:
+def gallery(request: Request, page: PageNumber = None, per_page: PerPage = None) -> HTMLResponse:
     service = service_of(request)
     pager = page_of(len(service.queries), page, per_page, "/")
     cards = [
@@ -64,7 +61,7 @@ def gallery(request: Request, page: PageNumber = None, per_page: PageNumber = No
 
 
 @router.get("/database", response_class=HTMLResponse)
-def database_images(request: Request, page: PageNumber = None, per_page: PageNumber = None) -> HTMLResponse:
+def database_images(request: Request, page: PageNumber = None, per_page: PerPage = None) -> HTMLResponse:
     """The database's images, a page at a time (never the whole collection)."""
     service = service_of(request)
     pager = page_of(len(service.artifact.image_paths), page, per_page, "/database")
