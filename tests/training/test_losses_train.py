@@ -1,7 +1,9 @@
 """Each loss of the loss group trains the real ImageNet EfficientNet-Lite0 on both generated
 sets: its loss on the run's first training batch falls (the same batch before and after, so
-not the noise between batches); the held-out metric is measured before (the ImageNet
-baseline) and after 12 steps, and reported.
+not the noise between batches), and the held-out metric, measured before (the ImageNet
+baseline) and after 12 steps, rises. The network's BatchNorm layers keep their ImageNet
+statistics (``model.freeze_batchnorm``, the default): with batch statistics no loss lifted
+the metric in 12 steps.
 
 * class set (``dataset=toy_classes``, 64 px): MAP@R over the held-out images;
 * landmark set (a small generated toy set: 6 landmarks × 14 views + 40 distractors, 64 px,
@@ -26,22 +28,11 @@ from tests.helpers.trainers import quiet_trainer
 pytestmark = pytest.mark.slow  # each run is seconds of real training on 2 cores
 
 CLASSIFICATION = {"arcface", "cosface", "subcenter_arcface"}
-# the class weights start random: they get a large lr so that they settle on the classes
-# before the backbone chases them (the backbone's lr stays at the set's default)
-LOSS_SETTINGS = {name: ["model.loss.lr=1.0"] for name in CLASSIFICATION}
-# Measured (README "Losses and today's recipes"): in 12 CPU-sized steps no loss lifts the
-# held-out metric over the ImageNet baseline on either set (fine-tuning first dips, then
-# gains over epochs: the default toy_classes run reaches MAP@R 92.64 from 80.97 in 10 epochs),
-# so the metric is measured and reported here, not asserted to rise; the loss must fall.
-# Measured: the pair losses' loss on the first batch rose in 12 steps (contrastive on toy
-# 0.92 -> 1.11 and 0.76 -> 0.98 on toy_classes, multi_similarity 0.56 -> 0.71 on
-# toy_classes and 0.12 -> 0.16 on toy); their per-step training loss fell
-MAY_NOT_FALL = {
-    ("contrastive", "toy"),
-    ("contrastive", "toy_classes"),
-    ("multi_similarity", "toy"),
-    ("multi_similarity", "toy_classes"),
-}
+# the class weights start random: a larger lr than the backbone's (3e-4 / 1e-4) lets them
+# settle on the classes before the backbone chases them. Measured: at lr 1.0 arcface's
+# weights overshoot and the toy_classes MAP@R fell in 12 steps (80.97 -> 78.61); at 1e-2
+# every classification loss raises it
+LOSS_SETTINGS = {name: ["model.loss.lr=1e-2"] for name in CLASSIFICATION}
 STEPS = 12
 SMALL_TOY = [
     "+dataset.ground_truth.landmarks=6",
@@ -126,11 +117,11 @@ def train_and_measure(overrides: list[str], steps: int = STEPS) -> tuple[float, 
 @pytest.mark.parametrize(
     "loss", ["triplet", "contrastive", "multi_similarity", "arcface", "cosface", "subcenter_arcface"]
 )
-def test_each_loss_trains_on_both_generated_sets(loss, dataset, tmp_path_factory, request):
-    if (loss, dataset) in MAY_NOT_FALL:
-        reason = "first-batch loss did not fall in 12 CPU steps when measured (README)"
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
+def test_each_loss_trains_on_both_generated_sets(loss, dataset, tmp_path_factory):
     data_dir = tmp_path_factory.getbasetemp() / "generated-sets"  # both sets, written once a session
     loss_before, loss_after, before, after = train_and_measure(_overrides(dataset, loss, data_dir))
     assert loss_after < loss_before, (loss_before, loss_after)
     assert 0.0 < before < 1.0 and 0.0 < after < 1.0  # the held-out evaluation ran on both
+    # the held-out metric rises over the ImageNet baseline (smallest measured gain: +1.4
+    # points, subcenter_arcface on toy; the runs are seeded, so this is not a coin toss)
+    assert after > before, (before, after)
