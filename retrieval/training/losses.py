@@ -35,9 +35,11 @@ Tuples = tuple[torch.Tensor, ...]  # pml indices: (a, p, n) triplets or (a1, p, 
 
 
 class PairLoss(nn.Module):
-    """A pml tuple/pair loss. ``distributed``: under DDP, compute it on the embeddings of
-    every process (pml's ``DistributedLossWrapper``; more negatives per anchor); outside
-    DDP the loss is called as it is (the wrapper would only warn)."""
+    """A pml tuple/pair loss. ``distributed``: under DDP, a loss on labels is computed on
+    the embeddings of every process (pml's ``DistributedLossWrapper``; every cross-process
+    pair, more negatives per anchor); one on explicit tuples (landmark triplets, mined
+    tuples) stays local. Outside DDP the loss is called as it is (the wrapper would only
+    warn)."""
 
     def __init__(self, criterion: BaseMetricLossFunction, distributed: bool = True, efficient: bool = False):
         super().__init__()
@@ -51,8 +53,13 @@ class PairLoss(nn.Module):
     ) -> torch.Tensor:
         if labels is None and tuples is None:
             raise ValueError("a pair loss needs labels or explicit tuples")
-        if self.gather is not None and is_distributed():
-            return self.gather(embeddings, labels, tuples)
+        # Gather only when the loss forms its pairs from the labels: explicit tuples index
+        # this process's rows, so the gathered rows would go unused while pml's wrapper still
+        # multiplies the loss by the world size (it assumes every rank's loss covers all
+        # pairs), doubling the gradient at 2 processes. Computed locally, DDP's gradient
+        # average gives the single-process gradient of the whole batch (tested).
+        if self.gather is not None and tuples is None and is_distributed():
+            return self.gather(embeddings, labels)
         return self.criterion(embeddings, labels, tuples)
 
 
