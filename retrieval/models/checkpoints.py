@@ -82,14 +82,26 @@ def mismatch(model: nn.Module, state_dict: dict[str, torch.Tensor], shown: int =
     return "; ".join(parts) or None
 
 
-def load_weights(model: nn.Module, ckpt_path: str | Path) -> None:
+def load_weights(model: nn.Module, ckpt_path: str | Path, network_only: bool = False) -> None:
     """Load the checkpoint's weights into ``model``, or a :class:`CheckpointError` saying how
-    the file and the configured model differ."""
+    the file and the configured model differ.
+
+    ``network_only``: load the embedding network (``model.net``, the checkpoint's ``net.*``
+    keys) and nothing of the training objective. What embeds images (evaluation, databases,
+    export) does not need a classification loss's class weights, so an ArcFace checkpoint
+    loads whatever ``loss=`` the command composes."""
     state_dict = read_checkpoint(ckpt_path)["state_dict"]
-    if (difference := mismatch(model, state_dict)) is not None:
+    target: nn.Module = model
+    if network_only:
+        target = model.net  # type: ignore[assignment]
+        state_dict = {k.removeprefix("net."): v for k, v in state_dict.items() if k.startswith("net.")}
+    if (difference := mismatch(target, state_dict)) is not None:
+        settings = "model.net.backbone.name=..., pooling=..., head=..." + (
+            "" if network_only else ", loss=..."
+        )
         raise CheckpointError(
             f"checkpoint {ckpt_path} was trained with another model than the configured one "
             f"({difference}). Pass the model overrides it was trained with (its run's "
-            f".hydra/config.yaml lists them: model.net.backbone.name=..., pooling=..., head=..., loss=...)"
+            f".hydra/config.yaml lists them: {settings})"
         )
-    model.load_state_dict(state_dict)
+    target.load_state_dict(state_dict)

@@ -159,7 +159,7 @@ def build_database(cfg: DictConfig) -> Path:
     model = build_model(cfg)
     ckpt = Path(cfg.ckpt_path).expanduser().resolve() if cfg.ckpt_path else None
     if ckpt is not None:
-        load_weights(model, ckpt)
+        load_weights(model, ckpt, network_only=True)
     sha = file_sha256(ckpt) if ckpt is not None else None
     dataset = datamodule.database_dataset()
     paths = [str(Path(p).resolve()) for p in dataset.paths]

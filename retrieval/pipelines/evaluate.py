@@ -79,7 +79,7 @@ class Embeddings:
             L.seed_everything(cfg.seed, workers=True, verbose=False)
             self._models[key] = build_model(cfg)
             if cfg.ckpt_path:
-                load_weights(self._models[key], Path(cfg.ckpt_path))
+                load_weights(self._models[key], Path(cfg.ckpt_path), network_only=True)
         return self._models[key]
 
     def __call__(self, cfg: DictConfig, images: ImageListDataset, description: str) -> np.ndarray:

@@ -34,7 +34,7 @@ def export(cfg: DictConfig) -> Path:
     ckpt = Path(cfg.ckpt_path).expanduser()
     cfg.model.net.backbone.weights = "none"  # every weight comes from the checkpoint
     model = instantiate(cfg.model)
-    load_weights(model, ckpt)
+    load_weights(model, ckpt, network_only=True)
     net = model.net.eval().float().to(memory_format=torch.contiguous_format)
     output = Path(cfg.output) if cfg.output else ckpt.with_suffix(SUFFIXES[cfg.format])
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -255,5 +255,5 @@ def load_model_for_database(artifact: DatabaseArtifact, ckpt_path: str | Path | 
         config["net"]["backbone"]["weights"] = "none"
     model = instantiate(config)
     if artifact.checkpoint_sha256 is not None:
-        load_weights(model, ckpt)
+        load_weights(model, ckpt, network_only=True)
     return model.eval(), eval_transform(artifact.image_size, artifact.input_normalization)

@@ -19,7 +19,7 @@ from pytorch_metric_learning.losses import (
 )
 from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 
-from retrieval.models.checkpoints import load_weights
+from retrieval.models.checkpoints import CheckpointError, load_weights
 from retrieval.pipelines.build import build_datamodule, build_model
 from retrieval.training.class_metric_module import ClassMetricModule
 from retrieval.training.losses import ClassificationLoss, PairLoss, compute_loss
@@ -117,7 +117,7 @@ def test_pair_losses_gather_under_ddp_and_run_plainly_outside():
 
 
 # ------------------------------------------------------------- checkpoint and resume
-def _class_run(data_dir, *overrides: str):
+def _class_run(data_dir, *overrides: str, loss: str = "arcface"):
     cfg = compose_cfg(
         "train.yaml",
         [
@@ -129,8 +129,8 @@ def _class_run(data_dir, *overrides: str):
             "dataset.images_per_class=2",
             "model.net.backbone.name=resnet18",
             "model.net.backbone.weights=none",
-            "loss=arcface",
-            "model.loss.lr=0.05",
+            f"loss={loss}",
+            *(["model.loss.lr=0.05"] if loss == "arcface" else []),
             "head=linear",
             "model.net.projection.out_features=16",
             *overrides,
@@ -166,6 +166,15 @@ def test_class_weights_train_with_their_lr_and_survive_checkpoint_and_resume(tmp
     _, _, fresh = _class_run(tmp_path / "data")
     load_weights(fresh, tmp_path / "last.ckpt")
     assert torch.equal(fresh.loss.criterion.W, W.detach())
+
+    # what embeds images (evaluate, database, export) loads the network alone: a model
+    # composed with another loss takes the ArcFace checkpoint and embeds as the trained one
+    _, _, other_loss = _class_run(tmp_path / "data", loss="triplet")
+    with pytest.raises(CheckpointError, match="unexpected: loss.criterion.W"):
+        load_weights(other_loss, tmp_path / "last.ckpt")
+    load_weights(other_loss, tmp_path / "last.ckpt", network_only=True)
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.equal(other_loss.eval()(images), model.eval()(images))
 
     # resume: the optimizer's loss group and its Adam state come back with the weights
     _, datamodule, resumed = _class_run(tmp_path / "data")
