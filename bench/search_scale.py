@@ -11,12 +11,14 @@ build time, bytes per vector in memory (the serialised index; the re-ranking vec
 the database's memory map), recall@10 on fresh queries, ms per query single and batched.
 Target at 10M: recall@10 >= 0.95 at <= 2 ms/query and <= 64 bytes/vector.
 
-    python bench/search_scale.py [--n 1000000 10000000] [--queries 200] [--budget-min 20]
+    python bench/search_scale.py [--n 1000000 10000000] [--queries 200] [--minutes 10]
+        [--runs auto64 auto4gb ivfflat hnsw milvus] [--work DIR: keep and reuse the vectors]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import tempfile
@@ -40,12 +42,19 @@ def load() -> str:
 
 
 def simulate(n: int, d: int, path: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The memory-mapped database and 1000 fresh queries; a database already written to
+    ``path`` by an earlier run (its ``.done`` marker present) is reused: 10M rows take minutes."""
     mixture = Mixture(d, rng)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
-    for start in range(0, n, 1 << 20):
-        out[start : start + (1 << 20)] = mixture.sample(min(1 << 20, n - start))
-    out.flush()
-    return np.load(path, mmap_mode="r"), mixture.sample(1000)
+    queries = mixture.sample(1000)  # first: the same queries whether the database is reused or not
+    done = path.with_suffix(".done")
+    if not done.is_file():
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+        for start in range(0, n, 1 << 20):
+            out[start : start + (1 << 20)] = mixture.sample(min(1 << 20, n - start))
+        out.flush()
+        del out
+        done.touch()
+    return np.load(path, mmap_mode="r"), queries
 
 
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -88,14 +97,21 @@ def bench(n: int, args, work: Path, rng: np.random.Generator) -> None:
         flush=True,
     )
     deadline = time.monotonic() + 60 * args.minutes
-    runs: list[tuple[str, bool, dict]] = [
-        ("auto 64 B/vector (IVF-PQ + refine)", True, {"backend": "auto", "memory_budget": 64 * n}),
-        ("auto 4GB", True, {"backend": "auto", "memory_budget": "4GB"}),
-        ("ivfflat nprobe=16", n <= args.flat_max, {"backend": "ivfflat", "nprobe": 16}),
-        ("hnsw M=32 ef=64", n <= args.hnsw_max, {"backend": "hnsw"}),
-        ("milvus-lite HNSW ef=64", n <= args.milvus_max, {"backend": "milvus", "uri": str(work / "m.db")}),
+    runs: list[tuple[str, str, bool, dict]] = [
+        ("auto64", "auto 64 B/vector (IVF-PQ + refine)", True, {"backend": "auto", "memory_budget": 64 * n}),
+        ("auto4gb", "auto 4GB", True, {"backend": "auto", "memory_budget": "4GB"}),
+        ("ivfflat", "ivfflat nprobe=16", n <= args.flat_max, {"backend": "ivfflat", "nprobe": 16}),
+        ("hnsw", "hnsw M=32 ef=64", n <= args.hnsw_max, {"backend": "hnsw"}),
+        (
+            "milvus",
+            "milvus-lite HNSW ef=64",
+            n <= args.milvus_max,
+            {"backend": "milvus", "uri": str(work / "m.db")},
+        ),
     ]
-    for name, wanted, params in runs:
+    for key, name, wanted, params in runs:
+        if key not in args.runs:
+            continue
         if not wanted or time.monotonic() > deadline:
             print(f"  {name:34s} | skipped ({'size limit' if not wanted else 'time box'})")
             continue
@@ -106,6 +122,8 @@ def bench(n: int, args, work: Path, rng: np.random.Generator) -> None:
         if hasattr(impl, "bytes_per_vector"):
             bpv = impl.bytes_per_vector
             label = f"{name} [{impl.plan.factory or 'exact'} {impl.param}]"
+            if impl.recall is not None:
+                label += f" tuned recall {impl.recall:.3f} (>= {impl.recall_low:.3f} at 95%)"
         elif hasattr(impl, "index"):
             bpv, label = len(faiss.serialize_index(impl.index)) / n, name
         else:
@@ -124,9 +142,18 @@ def main() -> None:
     parser.add_argument("--milvus-max", type=int, default=100_000)
     parser.add_argument("--minutes", type=float, default=10.0, help="time box per size, after generation")
     parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=["auto64", "auto4gb", "ivfflat", "hnsw", "milvus"],
+        help="backends to run",
+    )
+    parser.add_argument(
         "--work", default=None, help="folder for the memory-mapped vectors (default: a temp dir)"
     )
     args = parser.parse_args()
+    # search=auto's choice, and each tuning step, with timestamps: a 10M build takes a while
+    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.INFO)
+    logging.getLogger("retrieval.serving.auto_index").setLevel(logging.DEBUG)
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads, {load()}")
     work = Path(args.work or tempfile.mkdtemp(prefix="search_scale-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from retrieval.evaluation.vectors import l2_normalize
-from retrieval.serving.auto_index import AutoIndex, fingerprint, recall_at_k
+from retrieval.serving.auto_index import AutoIndex, fingerprint, recall_at_k, recall_lower_bound
 from retrieval.serving.index_choice import parse_bytes, plan_index
 from retrieval.serving.search import IndexSource, SearchIndex
 from retrieval.utils.errors import UserFacingError
@@ -108,3 +108,22 @@ def test_auto_with_room_for_full_vectors_picks_hnsw_and_meets_the_target(data):
     assert index._impl.plan.kind == "hnsw"
     exact = SearchIndex(vectors[:10_000]).search(queries, 10)[1]
     assert recall_at_k(index.search(queries, 10)[1], exact) >= 0.95
+
+
+def test_recall_lower_bound_tightens_with_more_trials():
+    # Wilson bound: below the measured recall, closer to it with more queries x k, in [0, 1]
+    few, many = recall_lower_bound(0.95, 256 * 10), recall_lower_bound(0.95, 4096 * 10)
+    assert 0.93 < few < many < 0.95
+    assert recall_lower_bound(1.0, 2560) < 1.0 and recall_lower_bound(0.0, 2560) == 0.0
+    assert recall_lower_bound(0.9, 0) == 0.0
+
+
+@pytest.mark.slow
+def test_tuning_rows_are_held_out_of_training_and_the_bound_meets_the_target():
+    # 20k rows, 256 cells: the training sample (12,800 rows) leaves enough outside it
+    vectors = clustered(20_000, 32, seed=3)
+    impl = AutoIndex(vectors, memory_budget=BUDGET * len(vectors), tune_queries=512, max_nlist=256)
+    assert impl.plan.kind == "ivfpq" and len(impl._train_rows) < len(vectors)
+    rows = impl._tune_rows(512, seed=0)
+    assert len(rows) == 512 and not np.isin(rows, impl._train_rows).any()
+    assert impl.recall_low >= 0.95 and impl.recall > impl.recall_low
