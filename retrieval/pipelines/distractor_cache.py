@@ -38,7 +38,8 @@ from retrieval.models.checkpoints import file_sha256
 from retrieval.models.inference import embed_batch, embed_dataset, resolve_device
 from retrieval.models.input_normalization import InputNormalization
 from retrieval.pipelines.build import input_normalization
-from retrieval.utils.atomic import atomic_file, remove_stale, write_atomic
+from retrieval.utils.atomic import atomic_file, write_atomic
+from retrieval.utils.block_plan import BlockPlan
 from retrieval.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,12 @@ class _Images(Dataset):
 
 
 @dataclass(frozen=True)
-class DistractorCache:
-    folder: Path
-    count: int
-    chunk_size: int
+class DistractorCache(BlockPlan):
+    """``count`` distractors' vectors in chunks of ``size`` rows (see the module's doc)."""
+
     dtype: str  # float32 | float16
+
+    block_name = "chunk-{:06d}.npy"
 
     @classmethod
     def create(
@@ -139,27 +141,15 @@ class DistractorCache:
         return cache
 
     @property
-    def n_chunks(self) -> int:
-        return -(-self.count // self.chunk_size)
-
-    def rows(self, chunk: int) -> range:
-        return range(chunk * self.chunk_size, min((chunk + 1) * self.chunk_size, self.count))
-
-    def chunk_path(self, chunk: int) -> Path:
-        return self.folder / f"chunk-{chunk:06d}.npy"
+    def n_chunks(self) -> int:  # the chunks' name for the blocks
+        return self.n_blocks
 
     def missing(self) -> list[int]:
         """The chunks still to embed (none once merged); temporaries of killed runs removed."""
-        if (self.folder / MERGED).is_file():
-            return []
-        for target in sorted(
-            {e.name[1:].split(".tmp-")[0] for e in self.folder.iterdir() if ".tmp-" in e.name}
-        ):
-            remove_stale(self.folder / target)
-        return [c for c in range(self.n_chunks) if not self.chunk_path(c).is_file()]
+        return [] if (self.folder / MERGED).is_file() else self.prepare()
 
     def write(self, chunk: int, vectors: np.ndarray) -> None:
-        with atomic_file(self.chunk_path(chunk)) as staged:
+        with self.staged(chunk) as staged:
             np.save(staged, vectors.astype(self.dtype))
 
     def _open(self, path: Path, rows: int, dim: int | None = None) -> np.ndarray:
@@ -179,16 +169,16 @@ class DistractorCache:
 
     def _merge(self, merged: Path) -> None:
         """Concatenate the chunks into ``merged`` one at a time (never all open), then delete them."""
-        dim = self._open(self.chunk_path(0), len(self.rows(0))).shape[1]
+        dim = self._open(self.path(0), len(self.rows(0))).shape[1]
         with atomic_file(merged) as staged:
             out = np.lib.format.open_memmap(staged, mode="w+", dtype=self.dtype, shape=(self.count, dim))
             for c in range(self.n_chunks):
                 rows = self.rows(c)
-                out[rows.start : rows.stop] = self._open(self.chunk_path(c), len(rows), dim)
+                out[rows.start : rows.stop] = self._open(self.path(c), len(rows), dim)
             out.flush()
             del out
         for c in range(self.n_chunks):
-            self.chunk_path(c).unlink(missing_ok=True)
+            self.path(c).unlink(missing_ok=True)
 
     def vectors(self) -> np.ndarray:
         """All rows, memory-mapped; the chunks are merged into one file first if need be."""

@@ -21,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.utils.atomic import atomic_file, remove_stale
+from retrieval.utils.block_plan import BlockPlan
 from retrieval.utils.errors import UserFacingError
 
 log = logging.getLogger(__name__)
-
-_PREFIX, _SUFFIX = "shard-", ".npz"
 
 
 class ShardError(UserFacingError):
@@ -44,16 +42,16 @@ def shard_key(settings: dict, paths: Sequence[str], shard_size: int) -> str:
 
 
 @dataclass(frozen=True)
-class ShardPlan:
-    """Which images go in which shard file, for ``count`` images in blocks of ``size``."""
+class ShardPlan(BlockPlan):
+    """Which images go in which shard file, for ``count`` images in blocks of ``size``
+    (``folder`` is ``<work>/<key>``)."""
 
-    folder: Path  # <work>/<key>
-    count: int
-    size: int
+    block_name = "shard-{:06d}.npz"
 
     def __post_init__(self) -> None:
         if self.size < 1:
             raise UserFacingError(f"embed.shard_size={self.size}: a shard holds at least one image")
+        super().__post_init__()
 
     @classmethod
     def create(cls, work: Path, settings: dict, paths: Sequence[str], size: int) -> ShardPlan:
@@ -69,35 +67,17 @@ class ShardPlan:
         return plan
 
     @property
-    def n_shards(self) -> int:
-        return -(-self.count // self.size)
-
-    def rows(self, shard: int) -> range:
-        return range(shard * self.size, min((shard + 1) * self.size, self.count))
-
-    def path(self, shard: int) -> Path:
-        return self.folder / f"{_PREFIX}{shard:06d}{_SUFFIX}"
-
-    def prepare(self) -> list[int]:
-        """Create the folder, delete what killed runs left half-written, return the shards
-        still to embed."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        # temporaries are ".shard-N.npz.tmp-PID-HEX.npz": one remove_stale per target found
-        targets = {e.name[1:].split(".tmp-")[0] for e in self.folder.iterdir() if ".tmp-" in e.name}
-        for target in sorted(targets):
-            for removed in remove_stale(self.folder / target):
-                log.info("removed a temporary of a killed build: %s", removed.name)
-        return [i for i in range(self.n_shards) if not self.path(i).is_file()]
+    def n_shards(self) -> int:  # the name the database build and its writer use
+        return self.n_blocks
 
     def write(self, shard: int, indices: np.ndarray, vectors: np.ndarray, run: str) -> Path:
         order = np.argsort(indices, kind="stable")
         indices, vectors = indices[order], vectors[order]
         if not np.array_equal(indices, np.asarray(self.rows(shard))):
             raise ShardError(f"shard {shard} got images {indices.tolist()[:5]}..., not its block")
-        target = self.path(shard)
-        with atomic_file(target) as staged:
+        with self.staged(shard) as staged:
             np.savez(staged, indices=indices.astype(np.int64), vectors=vectors.astype(np.float32), run=run)
-        return target
+        return self.path(shard)
 
     def read(self, shard: int) -> tuple[np.ndarray, np.ndarray, str]:
         with np.load(self.path(shard), allow_pickle=False) as stored:
