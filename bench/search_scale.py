@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 from search import Mixture, batched_ms, per_query_ms
 
-from retrieval.serving.auto_index import recall_at_k
+from retrieval.serving.auto_index import exact_top_k, recall_at_k
 from retrieval.serving.search import IndexSource, SearchIndex
 
 K = 10
@@ -57,16 +57,6 @@ def simulate(n: int, d: int, path: Path, rng: np.random.Generator) -> tuple[np.n
     return np.load(path, mmap_mode="r"), queries
 
 
-def exact_top_k(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    best_s, best_i = np.full((len(queries), 0), -np.inf, np.float32), np.zeros((len(queries), 0), np.int64)
-    for start in range(0, len(vectors), 1 << 20):
-        s, i = faiss.knn(queries, np.ascontiguousarray(vectors[start : start + (1 << 20)]), K)
-        s, i = np.hstack([best_s, s]), np.hstack([best_i, i + start])
-        keep = np.argsort(-s, axis=1)[:, :K]
-        best_s, best_i = np.take_along_axis(s, keep, 1), np.take_along_axis(i, keep, 1)
-    return best_i
-
-
 def row(name: str, build_s: float, bpv: float, search: Callable, queries, truth, exact_ms) -> None:
     recall = recall_at_k(search(queries)[1], truth)
     single = per_query_ms({name: search}, queries[:50], rounds=1)[name]
@@ -88,7 +78,7 @@ def bench(n: int, args, work: Path, rng: np.random.Generator) -> None:
         f"\n== {n:,} x {args.d}-d clustered: generated in {time.perf_counter() - start:.0f} s ({load()}) =="
     )
     start = time.perf_counter()
-    truth = exact_top_k(vectors, queries)
+    truth = exact_top_k(vectors, queries, K)
     exact = SearchIndex(vectors)  # a float32 memory map: no copy
     exact_ms = per_query_ms({"e": lambda q: exact.search(q, K)}, queries[:3], rounds=1)["e"]
     print(
