@@ -279,10 +279,10 @@ class AutoIndex:
 def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact top-k rows by inner product, over blocks of rows (a memory map is read once).
 
-    NumPy matmul + argpartition rather than ``faiss.knn``: faiss opens an OpenMP parallel
-    region per 1024 database rows, and on a loaded 2-core machine each of its barriers waits
-    for a descheduled thread; measured at load ~5, 256 queries x 200k x 256-d: faiss.knn
-    7.6 s, NumPy 1.6 s (a 10M ground truth: 25 minutes against 5)."""
+    NumPy matmul + argpartition rather than ``faiss.knn``, measured at load ~5 on 2 cores,
+    256 queries x 200k x 256-d: faiss.knn 7.6 s, NumPy 1.6 s (a 10M x 1024-query ground
+    truth: ~25 minutes against ~5). Probably faiss' OpenMP regions (one per block of 1024
+    database rows) waiting at barriers for threads the loaded machine has descheduled."""
     rows = max(1, min(16 * _BLOCK, _SCORE_BLOCK // max(1, len(queries))))  # bounded score block
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_i = np.zeros((len(queries), 0), np.int64)
