@@ -125,7 +125,8 @@ def write_jpegs(folder: Path, n: int, shape: tuple[int, int]) -> list[Path]:
 
 def time_crop_cache(n: int, workers: int) -> float:
     """Seconds per image to decode 1024x768 JPEGs (Oxford's size) and cache their crops."""
-    from retrieval.mining.crops import CropSpec, build_crop_cache
+    from retrieval.mining.crop_spec import CropSpec
+    from retrieval.mining.crops import build_crop_cache
 
     with tempfile.TemporaryDirectory() as folder:
         paths = write_jpegs(Path(folder), n, (768, 1024))

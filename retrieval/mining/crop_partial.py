@@ -6,9 +6,10 @@ every ``SAVE_ROWS`` crops or ``SAVE_SECONDS``, which rows are decoded in
 flushed *before* the record is (atomically) replaced, so a row the record calls done is on
 disk whenever the process is killed (SIGKILL, pre-emption, power loss): a rerun with the
 same key decodes only the other rows, and a kill costs at most a few seconds of decoding.
-The names hold no pid, so :func:`~retrieval.mining.crops.remove_stale_temporaries` leaves
-them alone; a record that does not describe this build (another shape, a damaged file) is
-discarded with one warning and the build starts over.
+The names hold no pid, so
+:func:`~retrieval.mining.stale_temporaries.remove_stale_temporaries` leaves them alone; a
+record that does not describe this build (another shape, a damaged file) is discarded with
+one warning and the build starts over.
 
 A build holds an exclusive ``flock`` on its partial array: a concurrent build of the same
 key waits for it (then finds the finished cache) instead of writing the same file. Partials

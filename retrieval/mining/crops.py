@@ -1,18 +1,5 @@
-"""Centre crops for SSIM mining, decoded once into a memory-mapped cache.
-
-Preprocessing follows the reference project: decode, convert to grayscale, take the
-centre ``crop_size`` x ``crop_size`` crop *without resizing*. Differences, chosen and named:
-
-* Decoding is the framework's one path (:func:`retrieval.data.image_io.load_rgb`,
-  PIL); grayscale is PIL's ``convert("L")``, i.e. ITU-R 601-2 luma
-  L = 0.299 R + 0.587 G + 0.114 B -- the weights OpenCV's BGR2GRAY uses too, so values
-  agree with the reference up to +-1 grey level of rounding. EXIF orientation is not applied
-  (as in the rest of the framework; OpenCV's imread would apply it).
-* The crop's top-left corner is ((H - c) // 2, (W - c) // 2).
-* An image with a side shorter than the crop, which the reference silently mis-scored, is
-  either ``"upscale"``-d (default: bilinear resize so its shorter side equals the crop
-  size, aspect ratio kept, then the centre crop) or ``"exclude"``-d (never a candidate).
-  Either way it is reported.
+"""The crop cache of SSIM mining: every image's centre crop (:mod:`.crop_spec`), decoded
+once into a memory-mapped file.
 
 The cache is one ``np.lib.format.open_memmap`` file (N, c, c) or (N, c, c, 3) uint8 per set
 of (files, sizes, mtimes, crop parameters) plus a JSON sidecar naming unreadable and
@@ -21,9 +8,9 @@ seconds, which rows are decoded (:mod:`.crop_partial`): a killed build is resume
 next one with the same key, which decodes only the rest, then renames the array into place
 after writing the sidecar (:mod:`retrieval.utils.atomic`), so the final names only ever
 hold a complete cache; the temporaries a killed write leaves are deleted when the next build
-starts (:func:`remove_stale_temporaries`). A cache that is damaged anyway (a truncated array, a
-sidecar that does not parse or does not describe this set) is reported once, naming the
-file, and decoded again.
+starts (:func:`~retrieval.mining.stale_temporaries.remove_stale_temporaries`). A cache that
+is damaged anyway (a truncated array, a sidecar that does not parse or does not describe
+this set) is reported once, naming the file, and decoded again.
 
 Building decodes in ``num_workers`` threads (PIL releases the GIL while decoding and
 resizing) behind a progress bar. Memory: crops are written and read through the memory
@@ -35,145 +22,27 @@ budget even if every page stays resident (peak measured by ``bench/ssim_mining.p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from rich.progress import Progress
 
-from retrieval.data.image_io import load_rgb
+from retrieval.mining.cache_keys import digest, fingerprint
 from retrieval.mining.crop_partial import SAVE_ROWS, SAVE_SECONDS, PartialCrops, open_partial, partial_paths
-from retrieval.utils.atomic import remove_stale, write_atomic
+from retrieval.mining.crop_spec import CropSpec, SmallImageError, load_crop
+from retrieval.mining.name_lists import name_some
+from retrieval.mining.stale_temporaries import remove_stale_temporaries, report_removed
+from retrieval.utils.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
 CROP_VERSION = 1  # bump when preprocessing changes: it is part of the cache key
-SMALL_POLICIES = ("upscale", "exclude")
-LISTED = 10  # names a message lists before "and N more"
-
-
-def name_some(names: Iterable[object], limit: int = LISTED) -> str:
-    """``a, b, c`` -- the first ``limit`` names, then ``and N more``: a message stays one
-    readable line whether 3 files or 30,000 are concerned."""
-    names = [str(n) for n in names]
-    shown = ", ".join(names[:limit])
-    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
-
-
-# the atomic writers' temporaries (.NAME.tmp-PID-HEX[.suffix], .NAME.old-PID-HEX) and those of
-# earlier versions of this module (.NAME.tmpPID[.npy], written by np.save / write_text)
-_ATOMIC_TEMPORARY = re.compile(r"\.(?P<target>.+?)\.(?:tmp|old)-\d+-[0-9a-f]+(?:\.[^.]+)?")
-_LEGACY_TEMPORARY = re.compile(r"\.(?P<target>.+)\.tmp(?P<pid>\d+)(?:\.npy)?")
-
-
-def _process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # another user's process, or we cannot tell: keep its files
-        return False
-    return False
-
-
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the temporaries in ``folder`` that a killed run left (their pid is dead):
-    those of :mod:`retrieval.utils.atomic` (through its :func:`remove_stale`) and those of
-    earlier versions of the miner. Files of live processes (a concurrent run) are kept."""
-    try:
-        names = [entry.name for entry in Path(folder).iterdir() if entry.name.startswith(".")]
-    except OSError:
-        return []
-    removed: list[Path] = []
-    for target in sorted({m["target"] for n in names if (m := _ATOMIC_TEMPORARY.fullmatch(n))}):
-        removed += remove_stale(Path(folder) / target)
-    for name in names:
-        match = _LEGACY_TEMPORARY.fullmatch(name)
-        if match is not None and int(match["pid"]) != os.getpid() and _process_gone(int(match["pid"])):
-            (Path(folder) / name).unlink(missing_ok=True)
-            removed.append(Path(folder) / name)
-    return removed
-
-
-def report_removed(removed: list[Path]) -> None:
-    """Log, in one line, the temporaries :func:`remove_stale_temporaries` deleted."""
-    if removed:
-        log.info(
-            "removed %d temporary file(s) left by killed runs: %s",
-            len(removed),
-            name_some(p.name for p in removed),
-        )
-
-
-@dataclass(frozen=True)
-class CropSpec:
-    """How an image becomes the array SSIM compares."""
-
-    crop_size: int = 500
-    grayscale: bool = True
-    small_images: str = "upscale"
-
-    def __post_init__(self) -> None:
-        if self.small_images not in SMALL_POLICIES:
-            raise ValueError(f"small_images must be one of {SMALL_POLICIES}, got {self.small_images!r}")
-        if self.crop_size < 7:
-            raise ValueError(f"crop_size must be at least SSIM's 7x7 window, got {self.crop_size}")
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        side = (self.crop_size, self.crop_size)
-        return side if self.grayscale else (*side, 3)
-
-
-class SmallImageError(ValueError):
-    """The image is smaller than the crop and the policy is to exclude it."""
-
-
-def centre_crop(image: Image.Image, spec: CropSpec) -> tuple[np.ndarray, bool]:
-    """The crop of an RGB image as uint8, and whether the image was smaller than the crop."""
-    image = image.convert("L") if spec.grayscale else image.convert("RGB")
-    size = spec.crop_size
-    width, height = image.size
-    small = min(width, height) < size
-    if small:
-        if spec.small_images == "exclude":
-            raise SmallImageError(f"{width}x{height} is smaller than the {size}x{size} crop")
-        scale = size / min(width, height)
-        width, height = max(size, round(width * scale)), max(size, round(height * scale))
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-    left, top = (width - size) // 2, (height - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8), small
-
-
-def load_crop(path: str | Path, spec: CropSpec) -> tuple[np.ndarray, bool]:
-    """Decode ``path`` and crop it (see :func:`centre_crop`)."""
-    return centre_crop(load_rgb(path), spec)
-
-
-def fingerprint(paths: Sequence[str | Path]) -> list[list]:
-    """(path, size, mtime in ns) per file -- what decides whether a cache is still valid."""
-    rows = []
-    for path in paths:
-        try:
-            stat = os.stat(path)
-            rows.append([str(path), stat.st_size, stat.st_mtime_ns])
-        except OSError:
-            rows.append([str(path), None, None])
-    return rows
-
-
-def digest(payload: dict) -> str:
-    """sha256 of a canonical JSON rendering."""
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
@@ -294,7 +163,7 @@ def _damage(array_path: Path, meta_path: Path, count: int, spec: CropSpec) -> st
 def build_crop_cache(
     image_paths: Sequence[str | Path],
     cache_dir: str | Path,
-    spec: CropSpec = CropSpec(),
+    spec: CropSpec = CropSpec(),  # noqa: B008 -- a frozen dataclass: one shared default is safe
     num_workers: int = 2,
     show_progress: bool = True,
 ) -> CropCache:

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.mining.crops import digest, name_some, remove_stale_temporaries, report_removed
+from retrieval.mining.cache_keys import digest
+from retrieval.mining.name_lists import name_some
+from retrieval.mining.stale_temporaries import remove_stale_temporaries, report_removed
 from retrieval.utils.atomic import atomic_file, write_atomic
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from retrieval.datamodules.landmark_datamodule import LandmarkDataModule
 from retrieval.datamodules.negative_pools import EpochNegativePoolSource, NegativePoolSource
 from retrieval.mining.pools import ssim_negative_pools
-from retrieval.mining.ssim_miner import MiningInterrupted, check_settings
+from retrieval.mining.ssim_report import MiningInterrupted
+from retrieval.mining.ssim_settings import check_settings
 from retrieval.pipelines.cli import hydra_command
 from retrieval.utils.errors import UserFacingError
 

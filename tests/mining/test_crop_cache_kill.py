@@ -19,7 +19,8 @@ from PIL import Image
 
 from retrieval.mining import crops
 from retrieval.mining.crop_partial import PARTIAL_MAX_AGE_S, partial_paths, rows_done
-from retrieval.mining.crops import CropSpec, build_crop_cache, load_crop
+from retrieval.mining.crop_spec import CropSpec, load_crop
+from retrieval.mining.crops import build_crop_cache
 from retrieval.pipelines.mine import mine
 from tests.helpers.configs import compose_cfg
 from tests.helpers.processes import temporary_files, wait_for_no_survivors

@@ -19,11 +19,13 @@ from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
 from retrieval.data.ground_truth import Query, RetrievalGroundTruth
-from retrieval.mining import ssim_miner
-from retrieval.mining.crops import CropSpec, build_crop_cache
-from retrieval.mining.crops import load_crop as _load_crop
+from retrieval.mining import ssim_pass, ssim_scorers
+from retrieval.mining.crop_spec import CropSpec
+from retrieval.mining.crop_spec import load_crop as _load_crop
+from retrieval.mining.crops import build_crop_cache
 from retrieval.mining.pools import negative_pools_for
 from retrieval.mining.ssim_miner import mine_ssim_negatives
+from retrieval.mining.ssim_report import MiningInterrupted
 from retrieval.mining.ssim_store import QuerySpec
 from retrieval.utils.errors import UserFacingError
 
@@ -52,7 +54,7 @@ def write_images(
 
 
 def brute_crop(path: Path) -> np.ndarray:
-    """Grayscale centre crop written independently of retrieval.mining.crops."""
+    """Grayscale centre crop written independently of retrieval.mining.crop_spec."""
     gray = np.asarray(Image.open(path).convert("RGB").convert("L"))
     top, left = (gray.shape[0] - CROP) // 2, (gray.shape[1] - CROP) // 2
     return gray[top : top + CROP, left : left + CROP]
@@ -101,7 +103,7 @@ def assert_matches_brute_force(pools, paths, queries, candidates) -> None:
 )
 def test_top_k_equals_brute_force_skimage_loop(dataset, tmp_path, device, path, caplog):
     queries = queries_for(dataset)
-    with caplog.at_level(logging.INFO, logger="retrieval.mining.ssim_miner"):
+    with caplog.at_level(logging.INFO, logger="retrieval.mining.ssim_scorers"):
         pools = mine_ssim_negatives(dataset, queries, tmp_path, **{**PARAMS, "device": device})
     assert path in caplog.text  # the path that scored is said in the log
     assert list(pools) == [q.name for q in queries]
@@ -112,9 +114,9 @@ def test_top_k_equals_brute_force_skimage_loop(dataset, tmp_path, device, path, 
 def test_without_the_fused_kernel_cpu_falls_back_to_numpy_and_fused_is_an_error(
     dataset, tmp_path, monkeypatch, caplog
 ):
-    monkeypatch.setattr(ssim_miner, "fused_unavailable", lambda: "ImportError: No module named 'numba'")
+    monkeypatch.setattr(ssim_scorers, "fused_unavailable", lambda: "ImportError: No module named 'numba'")
     queries = queries_for(dataset)[:1]
-    with caplog.at_level(logging.INFO, logger="retrieval.mining.ssim_miner"):
+    with caplog.at_level(logging.INFO, logger="retrieval.mining.ssim_scorers"):
         pools = mine_ssim_negatives(dataset, queries, tmp_path, **PARAMS)
     assert "NumPy path (the fused Numba kernel cannot run here: ImportError" in caplog.text
     assert_matches_brute_force(pools, dataset, queries, list(range(N_IMAGES)))
@@ -126,7 +128,7 @@ def test_without_the_fused_kernel_cpu_falls_back_to_numpy_and_fused_is_an_error(
 def test_cache_files_are_readable_and_resume_skips_finished_queries(dataset, tmp_path, monkeypatch):
     queries = queries_for(dataset)
     computed: list[str] = []
-    real = ssim_miner._score_block
+    real = ssim_pass._score_block
 
     def counting(scorer, query_crops, candidates, multichannel, progress, *, fail_after=None):
         if fail_after is not None and len(computed) >= fail_after:
@@ -134,7 +136,7 @@ def test_cache_files_are_readable_and_resume_skips_finished_queries(dataset, tmp
         computed.extend(["?"] * len(query_crops))
         return real(scorer, query_crops, candidates, multichannel, progress)
 
-    monkeypatch.setattr(ssim_miner, "_score_block", lambda *a: counting(*a, fail_after=2))
+    monkeypatch.setattr(ssim_pass, "_score_block", lambda *a: counting(*a, fail_after=2))
     with pytest.raises(KeyboardInterrupt):
         mine_ssim_negatives(dataset, queries, tmp_path, queries_per_pass=1, **PARAMS)
     assert len(computed) == 2
@@ -147,7 +149,7 @@ def test_cache_files_are_readable_and_resume_skips_finished_queries(dataset, tmp
     assert json.loads((run_dirs[0] / "index.json").read_text())["top_k"] == TOP_K
 
     computed.clear()
-    monkeypatch.setattr(ssim_miner, "_score_block", lambda *a: counting(*a))
+    monkeypatch.setattr(ssim_pass, "_score_block", lambda *a: counting(*a))
     pools = mine_ssim_negatives(dataset, queries, tmp_path, queries_per_pass=1, **PARAMS)
     assert len(computed) == 2  # only q13 and q_outside
     assert_matches_brute_force(pools, dataset, queries, list(range(N_IMAGES)))
@@ -282,7 +284,7 @@ def test_colour_mining_matches_skimage_channel_mean(dataset, tmp_path):
 
 
 def test_ties_are_broken_by_index():
-    from retrieval.mining.ssim_miner import top_negatives
+    from retrieval.mining.ssim_pass import top_negatives
 
     scores = np.array([0.5, 0.9, 0.5, -np.inf, 0.9, 0.1])
     pool = top_negatives(scores, np.array([0, 1, 2, 4, 5]), top_k=4)
@@ -293,7 +295,7 @@ def test_ties_are_broken_by_index():
 # -- resume within a pass, damaged files, stray temporaries, bounded messages --------------------
 
 
-REAL_SCORE_BLOCK = ssim_miner._score_block
+REAL_SCORE_BLOCK = ssim_pass._score_block
 
 
 def counting_scorer(monkeypatch, interrupt_after: int | None = None) -> list[int]:
@@ -308,7 +310,7 @@ def counting_scorer(monkeypatch, interrupt_after: int | None = None) -> list[int
         scored.append(len(query_crops) * len(candidates))
         return real(scorer, query_crops, candidates, multichannel, progress)
 
-    monkeypatch.setattr(ssim_miner, "_score_block", score)
+    monkeypatch.setattr(ssim_pass, "_score_block", score)
     return scored
 
 
@@ -326,7 +328,7 @@ def test_interrupted_pass_resumes_after_its_last_saved_block(
 ):
     queries = queries_for(dataset)
     counting_scorer(monkeypatch, interrupt_after=2)
-    with pytest.raises(ssim_miner.MiningInterrupted) as interrupted:
+    with pytest.raises(MiningInterrupted) as interrupted:
         mine_ssim_negatives(dataset, queries, tmp_path, **BLOCKS, **PARAMS)
     assert str(interrupted.value) == (
         "interrupted: 0 of 4 queries mined are saved (and 16 of 30 images scored for 4 more); "
@@ -442,7 +444,7 @@ def test_many_unreadable_images_make_one_bounded_warning(dataset, tmp_path, capl
 
 
 def test_name_some_bounds_a_list():
-    from retrieval.mining.crops import name_some
+    from retrieval.mining.name_lists import name_some
 
     assert name_some(["a", "b"]) == "a, b"
     assert name_some(range(1000)) == "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 990 more"
@@ -505,12 +507,12 @@ def test_top_k_zero_fails_at_once_in_the_library_too(dataset, tmp_path):
 FORKING_MINER = """
 import json, multiprocessing, os, signal, sys, time
 from concurrent.futures import ProcessPoolExecutor
-from retrieval.mining import ssim_miner
+from retrieval.mining import worker_lifetime
 if sys.argv[1] == "watchdog":  # as where prctl does not exist
-    ssim_miner._parent_death_signal = lambda sig: False
-    ssim_miner._WATCH_INTERVAL_S = 0.05
+    worker_lifetime._parent_death_signal = lambda sig: False
+    worker_lifetime._WATCH_INTERVAL_S = 0.05
 fork = multiprocessing.get_context("fork")
-with ssim_miner._workers_die_with_this_process():
+with worker_lifetime.workers_die_with_this_process():
     guarded = ProcessPoolExecutor(2, mp_context=fork)
     guarded.submit(time.sleep, 0).result()
 unguarded = ProcessPoolExecutor(1, mp_context=fork)  # not while scoring: not our business
