@@ -14,13 +14,12 @@ import re
 from pathlib import Path
 
 from retrieval.mining.name_lists import name_some
-from retrieval.utils.atomic import remove_stale
+from retrieval.utils.atomic import remove_stale_in
 
 log = logging.getLogger(__name__)
 
-# the atomic writers' temporaries (.NAME.tmp-PID-HEX[.suffix], .NAME.old-PID-HEX) and those of
-# earlier versions of the miner (.NAME.tmpPID[.npy], written by np.save / write_text)
-_ATOMIC_TEMPORARY = re.compile(r"\.(?P<target>.+?)\.(?:tmp|old)-\d+-[0-9a-f]+(?:\.[^.]+)?")
+# the temporaries of earlier versions of the miner (.NAME.tmpPID[.npy], written by np.save /
+# write_text); the atomic writers' own are retrieval.utils.atomic's business
 _LEGACY_TEMPORARY = re.compile(r"\.(?P<target>.+)\.tmp(?P<pid>\d+)(?:\.npy)?")
 
 
@@ -36,15 +35,13 @@ def _process_gone(pid: int) -> bool:
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete the temporaries in ``folder`` that a killed run left (their pid is dead):
-    those of :mod:`retrieval.utils.atomic` (through its :func:`remove_stale`) and those of
+    those of :mod:`retrieval.utils.atomic` (its :func:`remove_stale_in`) and those of
     earlier versions of the miner. Files of live processes (a concurrent run) are kept."""
+    removed = remove_stale_in(Path(folder))
     try:
         names = [entry.name for entry in Path(folder).iterdir() if entry.name.startswith(".")]
     except OSError:
-        return []
-    removed: list[Path] = []
-    for target in sorted({m["target"] for n in names if (m := _ATOMIC_TEMPORARY.fullmatch(n))}):
-        removed += remove_stale(Path(folder) / target)
+        return removed
     for name in names:
         match = _LEGACY_TEMPORARY.fullmatch(name)
         if match is not None and int(match["pid"]) != os.getpid() and _process_gone(int(match["pid"])):

@@ -83,6 +83,21 @@ def remove_stale(target: Path) -> list[Path]:
     return removed
 
 
+# a temporary's name: ".<target>.tmp-PID-HEX[.suffix]" or ".<target>.old-PID-HEX"
+_TEMPORARY_NAME = re.compile(r"\.(?P<target>.+?)\.(?:tmp|old)-\d+-[0-9a-f]+(?:\.[^.]+)?")
+
+
+def remove_stale_in(folder: Path) -> list[Path]:
+    """Delete every temporary in ``folder`` whose process has died (whatever its target:
+    a folder a run owns, e.g. a cache's or a build's); returns them."""
+    try:
+        names = [entry.name for entry in Path(folder).iterdir() if entry.name.startswith(".")]
+    except OSError:
+        return []
+    targets = sorted({m["target"] for n in names if (m := _TEMPORARY_NAME.fullmatch(n))})
+    return [path for target in targets for path in remove_stale(Path(folder) / target)]
+
+
 def replace_directory(staged: Path, target: Path) -> None:
     """Rename the folder ``staged`` to ``target``; an existing ``target`` is moved aside first
     and deleted after (put back when the rename fails)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from retrieval.utils.atomic import atomic_file, remove_stale
+from retrieval.utils.atomic import atomic_file, remove_stale_in
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,8 @@ class BlockPlan:
         Every dead process's temporary in the folder goes, not only blocks': the folder is
         the plan's alone, and a file built from the blocks (a merge) leaves the same kind."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        # temporaries are ".<target>.tmp-PID-HEX<suffix>" (retrieval.utils.atomic)
-        targets = {e.name[1:].split(".tmp-")[0] for e in self.folder.iterdir() if ".tmp-" in e.name}
-        for target in sorted(targets):
-            for removed in remove_stale(self.folder / target):
-                log.info("removed a temporary of a killed run: %s", removed.name)
+        for removed in remove_stale_in(self.folder):
+            log.info("removed a temporary of a killed run: %s", removed.name)
         return [b for b in range(self.n_blocks) if not self.path(b).is_file()]
 
     def staged(self, block: int) -> AbstractContextManager[Path]:

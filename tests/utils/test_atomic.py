@@ -15,6 +15,7 @@ from retrieval.utils.atomic import (
     atomic_directory,
     atomic_file,
     remove_stale,
+    remove_stale_in,
     replace_directory,
     scratch_directory,
     sibling,
@@ -131,6 +132,20 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert sorted(tmp_path.iterdir()) == sorted(kept)
     file_target = tmp_path / "toy.json"
     assert remove_stale(file_target) == [tmp_path / f".toy.json.tmp-{dead}-00ff00ff.json"]
+
+
+def test_a_folder_sweep_removes_every_dead_temporary_whatever_its_target(tmp_path):
+    dead, alive = _dead_pid(), os.getppid()
+    stale = [
+        tmp_path / f".shard-000001.npz.tmp-{dead}-0123abcd.npz",
+        tmp_path / f".vectors.npy.old-{dead}-ab12ab12",
+    ]
+    kept = [tmp_path / f".shard-000002.npz.tmp-{alive}-0123abcd.npz", tmp_path / "shard-000000.npz"]
+    for path in stale + kept:
+        path.write_text("")
+    assert sorted(remove_stale_in(tmp_path)) == sorted(stale)
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+    assert remove_stale_in(tmp_path / "missing") == []
 
 
 def test_scratch_directory_is_removed_whatever_happens(tmp_path):
