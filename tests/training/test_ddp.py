@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers.runs import run_ok, small_run
 
@@ -43,3 +44,29 @@ def test_ddp_run_matches_a_single_process_evaluation(small_vgg_root, tmp_path):
     assert got.keys() == expected.keys()
     for name in expected:
         assert got[name] == pytest.approx(expected[name], abs=1e-6), name
+
+
+def test_a_classification_loss_trains_under_ddp_and_its_class_weights_are_checkpointed(tmp_path):
+    # every process sizes the class weights in configure_model, before DDP wraps the module
+    # (DDP refuses uninitialised parameters); the checkpoint holds the synchronised weights
+    run = tmp_path / "arcface"
+    result = run_ok(
+        "train.py",
+        "dataset=toy_classes",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.log_dir={run / 'logs'}",
+        "dataset.image_size=32",
+        "loss=arcface",
+        "model.loss.lr=1e-2",
+        "head=linear",
+        "model.net.projection.out_features=16",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        "evaluate_before=false",
+        cwd=tmp_path,
+    )
+    assert result.stdout.count("metrics written to") == 1
+    best = Path(_metrics(run)["best_checkpoint"])
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    assert state["loss.criterion.W"].shape == (16, 10)  # 16-d head x the set's 10 classes
