@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from skimage.metrics import structural_similarity
 
 from retrieval.mining.ssim import ssim_many_vs_many
 from retrieval.mining.ssim_stats import K1
-from tests.mining.test_ssim import SHAPES, TOL, image_set, reference
+from tests.mining.test_ssim import SHAPES, TOL, image_set, quantised_images, reference
 
 fused = pytest.importorskip("retrieval.mining.ssim_fused")
 
@@ -58,15 +57,8 @@ def test_blocks_tiles_and_threads_do_not_change_a_score():
 
 
 @settings(max_examples=20, deadline=None)
-@given(
-    h=st.integers(7, 40),
-    w=st.integers(7, 30),
-    seed=st.integers(0, 2**32 - 1),
-    levels=st.sampled_from([2, 5, 256]),
-)
-def test_any_size_matches_skimage(h, w, seed, levels):
-    rng = np.random.default_rng(seed)
-    images = (rng.integers(0, levels, (3, h, w)) * (255 // (levels - 1))).astype(np.uint8)
+@given(images=quantised_images(max_height=40))
+def test_any_size_matches_skimage(images):
     assert_matches(images[:1], images, scores(images[:1], images))
 
 
