@@ -13,6 +13,7 @@ Target at 10M: recall@10 >= 0.95 at <= 2 ms/query and <= 64 bytes/vector.
 
     python bench/search_scale.py [--n 1000000 10000000] [--queries 200] [--minutes 10]
         [--runs auto64 auto4gb ivfflat hnsw milvus] [--work DIR: keep and reuse the vectors]
+        [--keep-index: and the auto indexes]
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def bench(n: int, args, work: Path, rng: np.random.Generator) -> None:
         if not wanted or time.monotonic() > deadline:
             print(f"  {name:34s} | skipped ({'size limit' if not wanted else 'time box'})")
             continue
+        if args.keep_index and params["backend"] == "auto":  # stored: a later run maps it back
+            params = {**params, "index_path": str(work / f"auto-{n}-{key}.faiss")}
         start = time.perf_counter()
         index = SearchIndex(vectors, source=IndexSource(dataset="bench"), **params)
         build_s = time.perf_counter() - start
@@ -112,6 +115,8 @@ def bench(n: int, args, work: Path, rng: np.random.Generator) -> None:
         if hasattr(impl, "bytes_per_vector"):
             bpv = impl.bytes_per_vector
             label = f"{name} [{impl.plan.factory or 'exact'} {impl.param}]"
+            if getattr(impl, "build_s", None) == 0.0:
+                label += " (stored index read back, not built)"
             if impl.recall is not None:
                 label += f" tuned recall {impl.recall:.3f} (>= {impl.recall_low:.3f} at 95%)"
         elif hasattr(impl, "index"):
@@ -136,6 +141,9 @@ def main() -> None:
         nargs="+",
         default=["auto64", "auto4gb", "ivfflat", "hnsw", "milvus"],
         help="backends to run",
+    )
+    parser.add_argument(
+        "--keep-index", action="store_true", help="store the auto indexes under --work and reuse them"
     )
     parser.add_argument(
         "--work", default=None, help="folder for the memory-mapped vectors (default: a temp dir)"

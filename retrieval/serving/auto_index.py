@@ -159,7 +159,7 @@ class AutoIndex:
 
         def recall(value: int) -> float:
             self._set(name, value)
-            found[value] = recall_at_k(_without_self(self.search(queries, k + 1)[1], rows, k), truth)
+            found[value] = recall_at_k(_without_self(self.search(queries, k, extra=1)[1], rows, k), truth)
             bound = recall_lower_bound(found[value], len(rows) * k)
             log.debug("search=auto: %s -> recall@%d %.4f (>= %.4f)", self.param, k, found[value], bound)
             return bound
@@ -255,15 +255,18 @@ class AutoIndex:
         return len(self.faiss.serialize_index(self.index)) / len(self.vectors)
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, extra: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k + extra``, from the candidates a top-``k`` search re-ranks (+ ``extra``):
+        tuning asks for one extra (the query's own row, dropped), and must not re-rank
+        ``refine`` more candidates than a real query gets, which made its recall optimistic."""
         if self.index is None:
-            return self.faiss.knn(queries, self.vectors, k, metric=self.faiss.METRIC_INNER_PRODUCT)
+            return self.faiss.knn(queries, self.vectors, k + extra, metric=self.faiss.METRIC_INNER_PRODUCT)
         if self.plan.kind == "hnsw":
-            self.index.hnsw.efSearch = max(self.param["efSearch"], k)
+            self.index.hnsw.efSearch = max(self.param["efSearch"], k + extra)
         if not self.plan.refine:
-            return self.index.search(queries, k)
-        _, candidates = self.index.search(queries, min(k * self.param["refine"], len(self.vectors)))
-        return self._rerank(queries, candidates, k)
+            return self.index.search(queries, k + extra)
+        _, candidates = self.index.search(queries, min(k * self.param["refine"] + extra, len(self.vectors)))
+        return self._rerank(queries, candidates, k + extra)
 
     def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         rows = np.where(candidates < 0, 0, candidates)
