@@ -65,10 +65,14 @@ class TripletRetrievalModule(L.LightningModule):
             self._freeze_batchnorm()
         return self
 
-    def on_train_epoch_start(self) -> None:
+    def on_train_start(self) -> None:
         # Lightning's fit loop never calls train(): it trains in the mode the module is in
         # (a fresh module: all train) and restores each submodule's own mode after
-        # validation; so the freeze happens here, at every epoch start (resumed ones too)
+        # validation. So the freeze happens when fit starts (a run resumed mid-epoch gets
+        # no on_train_epoch_start for that epoch) and at every epoch start
+        self._freeze_batchnorm()
+
+    def on_train_epoch_start(self) -> None:
         self._freeze_batchnorm()
 
     def _freeze_batchnorm(self) -> None:
