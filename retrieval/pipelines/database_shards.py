@@ -68,7 +68,7 @@ def embed_database(
     if sharded is not None:
         reused = plan.count - sharded.embedded
         print(
-            f"embedded {sharded.embedded} images in {plan.n_shards} shard(s) of {plan.size}"
+            f"embedded {sharded.embedded} images in {plan.n_blocks} shard(s) of {plan.size}"
             + (f"; {reused} came from the shards of an interrupted build" if reused else "")
         )
     return sharded

@@ -140,10 +140,6 @@ class DistractorCache(BlockPlan):
             write_atomic(cache.folder / SETTINGS, json.dumps(keyed, indent=2, default=str), fsync=False)
         return cache
 
-    @property
-    def n_chunks(self) -> int:  # the chunks' name for the blocks
-        return self.n_blocks
-
     def missing(self) -> list[int]:
         """The chunks still to embed (none once merged); temporaries of killed runs removed."""
         return [] if (self.folder / MERGED).is_file() else self.prepare()
@@ -172,12 +168,12 @@ class DistractorCache(BlockPlan):
         dim = self._open(self.path(0), len(self.rows(0))).shape[1]
         with atomic_file(merged) as staged:
             out = np.lib.format.open_memmap(staged, mode="w+", dtype=self.dtype, shape=(self.count, dim))
-            for c in range(self.n_chunks):
+            for c in range(self.n_blocks):
                 rows = self.rows(c)
                 out[rows.start : rows.stop] = self._open(self.path(c), len(rows), dim)
             out.flush()
             del out
-        for c in range(self.n_chunks):
+        for c in range(self.n_blocks):
             self.path(c).unlink(missing_ok=True)
 
     def vectors(self) -> np.ndarray:

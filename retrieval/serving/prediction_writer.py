@@ -46,11 +46,11 @@ class ShardWriter(BasePredictionWriter):
         self.assigned = pending[trainer.global_rank :: trainer.world_size]
         self.pending_total = sum(len(self.plan.rows(i)) for i in pending)
         if trainer.global_rank == 0:
-            done = self.plan.n_shards - len(pending)
+            done = self.plan.n_blocks - len(pending)
             log.info(
                 "%d of %d shards already embedded (%s); %d images to embed on %d process(es)",
                 done,
-                self.plan.n_shards,
+                self.plan.n_blocks,
                 self.plan.folder,
                 self.pending_total,
                 trainer.world_size,

@@ -66,10 +66,6 @@ class ShardPlan(BlockPlan):
                     shutil.rmtree(other, ignore_errors=True)
         return plan
 
-    @property
-    def n_shards(self) -> int:  # the name the database build and its writer use
-        return self.n_blocks
-
     def write(self, shard: int, indices: np.ndarray, vectors: np.ndarray, run: str) -> Path:
         order = np.argsort(indices, kind="stable")
         indices, vectors = indices[order], vectors[order]
@@ -89,7 +85,7 @@ class ShardPlan(BlockPlan):
         seen = np.zeros(self.count, dtype=np.int64)
         out: np.ndarray | None = None
         runs: dict[str, int] = {}
-        for shard in range(self.n_shards):
+        for shard in range(self.n_blocks):
             if not self.path(shard).is_file():
                 raise ShardError(f"shard {shard} of {self.folder} is missing; run the build again")
             indices, vectors, run = self.read(shard)

@@ -182,7 +182,7 @@ def test_a_killed_embedding_resumes_at_the_first_missing_chunk(data, tmp_path):
 def test_a_chunk_that_does_not_fit_names_the_folder_to_delete(data, tmp_path):
     distractors = read_distractors(data / "revisitop1m", offset=6)
     cache = DistractorCache.create(tmp_path, {"network": "x"}, distractors, CHUNK, "float32")
-    for chunk in range(cache.n_chunks):
+    for chunk in range(cache.n_blocks):
         cache.write(chunk, np.ones((len(cache.rows(chunk)), 4 if chunk != 2 else 5)))  # chunk 2 is 5-d
     with pytest.raises(
         DistractorCacheError, match=rf"chunk-000002\.npy .* not 8 rows of 4: delete the folder {cache.folder}"
