@@ -67,12 +67,9 @@ class TripletRetrievalModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         # Lightning's fit loop never calls train(): it trains in the mode the module is in
-        # (a fresh module: all train) and restores each submodule's own mode after
-        # validation. So the freeze happens when fit starts (a run resumed mid-epoch gets
-        # no on_train_epoch_start for that epoch) and at every epoch start
-        self._freeze_batchnorm()
-
-    def on_train_epoch_start(self) -> None:
+        # (a fresh module: all train) and restores each submodule's own mode after each
+        # validation, so one freeze when fit starts holds for every epoch (and for a run
+        # resumed mid-epoch, which gets no on_train_epoch_start for that epoch)
         self._freeze_batchnorm()
 
     def _freeze_batchnorm(self) -> None:
